@@ -1,0 +1,36 @@
+# Every target sets itself up: a fresh clone needs only `make demo` or `make test`.
+SHELL := /bin/bash
+ENV := source scripts/env.sh &&
+PY := .venv/bin/python
+
+.PHONY: demo test test-fast bench lint setup services airflow-db
+
+setup:
+	bash scripts/bootstrap.sh
+
+services:
+	bash scripts/services.sh
+
+airflow-db: setup
+	$(ENV) .venv/bin/airflow db migrate > "$$RECSYS_HOME/airflow-migrate.log" 2>&1 || { tail -50 "$$RECSYS_HOME/airflow-migrate.log"; exit 1; }
+
+## Run the main job end to end on embedded defaults (no servers needed).
+demo: setup
+	@mkdir -p var
+	$(ENV) .venv/bin/airflow db migrate > var/airflow-migrate.log 2>&1 || { tail -50 var/airflow-migrate.log; exit 1; }
+	$(ENV) $(PY) scripts/demo.py $(DEMO_ARGS)
+
+## Run the whole test suite against real MariaDB, Redis, Milvus Lite, MLflow and Airflow.
+test: setup services
+	@mkdir -p var
+	$(ENV) export AIRFLOW_HOME=$$RECSYS_HOME/airflow-test && .venv/bin/airflow db migrate > var/airflow-test-migrate.log 2>&1 || { tail -50 var/airflow-test-migrate.log; exit 1; }
+	$(ENV) export AIRFLOW_HOME=$$RECSYS_HOME/airflow-test && $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+## Every benchmark in bench/, each printing one JSON line last.
+bench: setup services
+	@for b in extract sampling train_throughput quality vector_refresh api_latency; do \
+	  echo "== bench/$$b.py"; $(ENV) $(PY) bench/$$b.py || exit 1; done

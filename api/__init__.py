@@ -1,0 +1,1 @@
+"""Minimal online recommendation API (FastAPI)."""

@@ -1,0 +1,1 @@
+"""MLflow registry: log, register, alias, gate, rollback."""

@@ -1,0 +1,1 @@
+"""Airflow-facing adapters (hooks on Airflow Connections). Thin: logic stays in tasks/."""

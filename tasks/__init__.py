@@ -1,0 +1,1 @@
+"""The pipeline's logic: plain, typed functions that import nothing from Airflow."""

@@ -1,0 +1,50 @@
+"""Small helpers every stage shares: time normalisation, results for XCom, logging."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+
+def to_naive_utc(value: datetime | str) -> datetime:
+    """Normalise an Airflow interval bound (aware, any zone, or ISO string) to naive UTC.
+
+    The databases store naive UTC DATETIMEs; every comparison goes through here.
+    """
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if not isinstance(value, datetime):
+        raise ValueError(f"expected a datetime, got {value!r}")
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+def check_interval(start: datetime | str, end: datetime | str) -> tuple[datetime, datetime]:
+    """Normalise and check a half-open data interval [start, end)."""
+    s, e = to_naive_utc(start), to_naive_utc(end)
+    if not s < e:
+        raise ValueError(f"data interval must have start < end, got [{s}, {e})")
+    return s, e
+
+
+class StageResult:
+    """Mixin for frozen result dataclasses: ``as_dict()`` is what goes into XCom."""
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, field.name)
+            if isinstance(value, datetime):
+                value = value.isoformat()
+            elif hasattr(value, "__fspath__"):
+                value = str(value)
+            out[field.name] = value
+        return out
+
+
+def get_logger(name: str) -> logging.Logger:
+    """Module logger; under Airflow its records land in the task log."""
+    return logging.getLogger(f"recsys4pix.{name}")
