@@ -131,7 +131,37 @@ quarantine = sa.Table(
     sa.UniqueConstraint(
         "table_name", "row_key", "expectation", "data_interval_start", name="uq_quarantine_row"
     ),
+    # Set (to the validating run's id) once a later validation of the same interval finds the
+    # row good again; NULL while the row is still held back. Rows are never deleted, so the
+    # quarantine doubles as an audit log.
+    sa.Column("resolved_run_id", sa.String(255), nullable=True),
 )
+
+
+def _staging(source: sa.Table) -> sa.Table:
+    """A staging copy of a business table: every column nullable (bad rows must land here
+    too, for validation to see and quarantine), keyed by data interval and arrival order."""
+    columns = [
+        sa.Column(column.name, column.type, nullable=True, primary_key=False)
+        for column in source.columns
+    ]
+    name = f"staging_{source.name}"
+    return sa.Table(
+        name,
+        recsys_metadata,
+        sa.Column("data_interval_start", sa.DateTime, primary_key=True),
+        sa.Column("data_interval_end", sa.DateTime, primary_key=True),
+        sa.Column("row_seq", BigInt, primary_key=True, autoincrement=False),
+        *columns,
+        sa.Column("run_id", sa.String(255), nullable=False),
+    )
+
+
+# What extraction read from the replica for one data interval; validation reads it from
+# here, quarantines bad rows and upserts good ones into the mirror tables.
+STAGING_TABLES: dict[str, sa.Table] = {
+    name: _staging(table) for name, table in BUSINESS_TABLES.items()
+}
 
 samples = sa.Table(
     "samples",
@@ -145,6 +175,21 @@ samples = sa.Table(
     sa.Column("interval_end", sa.DateTime, nullable=False),
     # The data interval's end, not now(): a re-run writes byte-identical rows.
     sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
+
+# One place that records every failed task (written by the DAGs' failure callback).
+pipeline_failures = sa.Table(
+    "pipeline_failures",
+    recsys_metadata,
+    sa.Column("id", BigInt, primary_key=True, autoincrement=True),
+    sa.Column("dag_id", sa.String(250), nullable=False),
+    sa.Column("task_id", sa.String(250), nullable=False),
+    sa.Column("run_id", sa.String(250), nullable=False),
+    sa.Column("try_number", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("log_url", sa.Text, nullable=True),
+    sa.UniqueConstraint("dag_id", "task_id", "run_id", "try_number", name="uq_failure_try"),
 )
 
 

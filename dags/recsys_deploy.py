@@ -1,0 +1,90 @@
+"""
+### recsys_deploy
+
+Deploys the MLflow **champion** to TF-Serving and refreshes the serving vectors.
+
+* Scheduled on the asset **recsys_champion_model** (a promotion by `recsys_train`) *or*
+  every 15 minutes, so a champion moved by hand in the MLflow UI (a promotion or a
+  rollback) is deployed without anyone touching Airflow.
+* `deploy`: resolves the `champion` alias; if that version is already live it does
+  nothing. Otherwise it writes `<base>/<model>/<version>.tmp/`, renames it to
+  `<version>/` (never overwriting), writes `models.config` and the warmup file, verifies
+  the version (TF-Serving REST status + a predict per signature, or the SavedModel in
+  process on embedded defaults) and only then switches the live pointer. A failed check
+  leaves the previous version serving.
+* `refresh_vectors`: item tower → new Milvus collection `items_v<version>` (flushed,
+  indexed, loaded, row-count checked) → alias `items` switched; user vectors and recall
+  channel lists → KV namespace `v<version>:` → pointer key switched. Publishes
+  **recsys_serving_vectors**, which schedules `recsys_precompute`.
+
+**Rollback**: `python -m model_registry.cli rollback` (or move `champion` in the MLflow UI),
+then wait for the next run or trigger this DAG. `force` redeploys/refreshes the current champion.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+
+from plugins.dag_defaults import (
+    CHAMPION_MODEL,
+    DEFAULT_ARGS,
+    MILVUS_POOL,
+    SERVING_VECTORS,
+    TAGS,
+    task_settings,
+)
+
+
+@dag(
+    dag_id="recsys_deploy",
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("*/15 * * * *", timezone="UTC"), assets=[CHAMPION_MODEL]
+    ),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=[*TAGS, "serving"],
+    doc_md=__doc__,
+    params={
+        "force": Param(
+            False,
+            type="boolean",
+            description="Refresh vectors even if the champion is already live.",
+        ),
+        "keep_versions": Param(3, type="integer", minimum=1, maximum=20),
+    },
+)
+def recsys_deploy() -> None:
+    @task
+    def deploy(params=None) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+        from tasks.deploy import deploy_champion
+
+        result = deploy_champion(task_settings(), keep_last=params["keep_versions"])
+        if result is None:
+            raise AirflowSkipException("no champion in MLflow yet: nothing to deploy")
+        return result.as_dict()
+
+    @task(pool=MILVUS_POOL, outlets=[SERVING_VECTORS])
+    def refresh_vectors(deployed: dict, params=None, outlet_events=None) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+        from tasks.vectors import refresh_vectors as refresh
+
+        settings = task_settings()
+        if deployed.get("skipped") and not params["force"]:
+            from tasks.vectors import current_vectors_version
+
+            if current_vectors_version(settings) == deployed["version"]:
+                raise AirflowSkipException(
+                    f"champion v{deployed['version']} already live with fresh vectors"
+                )
+        result = refresh(settings, version=deployed["version"])
+        outlet_events[SERVING_VECTORS].extra = {"version": deployed["version"]}
+        return result.as_dict()
+
+    refresh_vectors(deploy())
+
+
+recsys_deploy()

@@ -1,0 +1,43 @@
+"""
+### recsys_precompute
+
+The "precomputed" serving style: top-N lists per active user, scored by the live model,
+written as sorted sets in the KV store (Redis in production) under the live namespace.
+The online API serves a fresh precomputed list first and falls back to real-time recall.
+
+Scheduled on **recsys_serving_vectors** (after every vector refresh) and every 6 hours.
+`top_n` sets the list length.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+
+from plugins.dag_defaults import DEFAULT_ARGS, SERVING_VECTORS, TAGS, task_settings
+
+
+@dag(
+    dag_id="recsys_precompute",
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("0 */6 * * *", timezone="UTC"), assets=[SERVING_VECTORS]
+    ),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=[*TAGS, "serving"],
+    doc_md=__doc__,
+    params={"top_n": Param(100, type="integer", minimum=1, maximum=1000)},
+)
+def recsys_precompute() -> None:
+    @task
+    def precompute(params=None) -> dict:
+        from tasks.precompute import precompute_topn
+
+        return precompute_topn(task_settings(), n=params["top_n"]).as_dict()
+
+    precompute()
+
+
+recsys_precompute()

@@ -1,0 +1,47 @@
+"""What every recsys4pix DAG shares: assets, pools, default args, the settings lookup.
+
+Kept out of ``dags/`` so DAG files stay orchestration only and the DAG processor does not
+parse this module as a DAG file.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import Asset
+
+from plugins.callbacks import record_task_failure
+
+# Data-aware scheduling: each DAG publishes one of these, the next one is scheduled on it.
+VALIDATED_DATA = Asset(name="recsys_validated_data", uri="recsys://recsys_db/mirror")
+CHAMPION_MODEL = Asset(name="recsys_champion_model", uri="recsys://mlflow/champion")
+SERVING_VECTORS = Asset(name="recsys_serving_vectors", uri="recsys://serving/vectors")
+
+# Pools cap concurrent use of shared backends (created by scripts/airflow_setup.py).
+REPLICA_POOL = "recsys_replica"
+MILVUS_POOL = "recsys_milvus"
+POOLS: dict[str, tuple[int, str]] = {
+    REPLICA_POOL: (2, "concurrent readers of the business MySQL replica"),
+    MILVUS_POOL: (2, "concurrent writers to Milvus (collection build + alias swap)"),
+}
+
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "recsys4pix",
+    "retries": 2,
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=10),
+    "on_failure_callback": record_task_failure,
+}
+# Compute-bound tasks (training, evaluation, gate) do not retry: a rerun would fail alike.
+NO_RETRY: dict[str, Any] = {"retries": 0}
+
+TAGS = ["recsys4pix"]
+
+
+def task_settings() -> Any:
+    """Settings for the running task: embedded defaults overlaid with Airflow Connections."""
+    from plugins.connections import settings_from_connections
+
+    return settings_from_connections()
