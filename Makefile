@@ -18,12 +18,14 @@ airflow-db: setup
 demo: setup
 	@mkdir -p var
 	$(ENV) .venv/bin/airflow db migrate > var/airflow-migrate.log 2>&1 || { tail -50 var/airflow-migrate.log; exit 1; }
+	$(ENV) $(PY) scripts/airflow_setup.py > /dev/null
 	$(ENV) $(PY) scripts/demo.py $(DEMO_ARGS)
 
 ## Run the whole test suite against real MariaDB, Redis, Milvus Lite, MLflow and Airflow.
 test: setup services
 	@mkdir -p var
 	$(ENV) export AIRFLOW_HOME=$$RECSYS_HOME/airflow-test && .venv/bin/airflow db migrate > var/airflow-test-migrate.log 2>&1 || { tail -50 var/airflow-test-migrate.log; exit 1; }
+	$(ENV) export AIRFLOW_HOME=$$RECSYS_HOME/airflow-test && $(PY) scripts/airflow_setup.py > /dev/null
 	$(ENV) export AIRFLOW_HOME=$$RECSYS_HOME/airflow-test && $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
