@@ -77,10 +77,10 @@ def bulk_execute(
     rows: Sequence[Sequence[object]],
 ) -> int:
     """Run ``statement`` once per row of ``rows`` (tuples ordered like ``columns``) as one
-    DBAPI ``executemany``.
+    DBAPI ``executemany`` on MySQL/MariaDB (SQLAlchemy's executemany elsewhere).
 
-    Why not ``conn.execute(statement, list_of_dicts)``: building a dict per row costs more
-    than the database write for millions of rows. On MySQL/MariaDB mysqlclient rewrites an
+    Why not ``conn.execute(statement, list_of_dicts)`` on MySQL: building a dict per row costs
+    more than the database write for millions of rows. There mysqlclient rewrites an
     ``executemany`` of ``INSERT``/``REPLACE ... VALUES`` into multi-row statements. Values
     must be plain Python objects (call ``.tolist()`` on numpy arrays). Runs inside the
     caller's transaction. Returns the number of rows sent.
@@ -88,6 +88,11 @@ def bulk_execute(
     if not rows:
         return 0
     names = list(columns)
+    if conn.dialect.name not in ("mysql", "mariadb"):
+        # SQLite: go through SQLAlchemy so its type processing applies (it stores DATETIME
+        # as text with microseconds, which the raw sqlite3 adapter would not match).
+        conn.execute(statement, [dict(zip(names, row, strict=True)) for row in rows])
+        return len(rows)
     compiled = statement.compile(dialect=conn.dialect, column_keys=names)
     position = compiled.positiontup or []
     if sorted(position) != sorted(names):

@@ -1,0 +1,323 @@
+"""Incremental extraction from the business replica into the recsys DB's staging tables.
+
+What is read, per data interval ``[start, end)`` (naive UTC):
+
+* ``interactions`` (events): ``create_time`` in ``[lower, end)``.
+* ``users``, ``follows`` (snapshots keyed by ``create_time``) and ``illusts`` (keyed by
+  ``update_time``; an illust *created* in the window is read too, so an interaction always
+  finds the illust it points at even when the illust was updated again later).
+
+The watermark rule. ``watermarks.high_water`` of a table is the largest interval end ever
+extracted for it; it only moves forward (``max(old, end)``), so an older interval run after
+a newer one (a backfill) never moves it back. The lower bound is
+
+    lower = min(high_water, start) - overlap
+
+so an interval always re-reads its own window (also in a backfill), a gap since the last run
+is caught up, and rows that committed late (up to ``overlap`` after their timestamp) are not
+missed. A dimension table seen for the first time (no watermark) is read in full up to
+``end`` (the initial snapshot); interactions always start at ``start - overlap``.
+
+Rows land in ``staging_<table>`` keyed by the data interval; a re-run replaces that
+interval's staging rows in one transaction (together with the watermark), so re-runs and
+backfills are idempotent. Mirror tables are written by validation (``tasks.validate``),
+which upserts good rows by primary key: N backfilled intervals give the same mirror as one
+run over their union.
+
+The replica is only ever read (production: a read-only account); on MySQL/MariaDB a
+replica-lag guard runs first (``SHOW REPLICA STATUS``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from tasks import schema
+from tasks.common import StageResult, check_interval, get_logger
+from tasks.db import bulk_execute, get_engine
+from tasks.settings import Settings
+
+log = get_logger("extract")
+
+#: Order in which tables are extracted (dimensions first, like validation).
+EXTRACT_ORDER: tuple[str, ...] = ("users", "illusts", "follows", "interactions")
+#: Tables read as snapshots: the first extraction (no watermark) reads every row before end.
+SNAPSHOT_TABLES: frozenset[str] = frozenset({"users", "illusts", "follows"})
+
+
+class ReplicaLagError(RuntimeError):
+    """The replica is too far behind (or not replicating) to extract a consistent interval."""
+
+
+@dataclass(frozen=True)
+class LagCheck:
+    """Outcome of one look at the replica's replication status."""
+
+    ok: bool
+    lag_s: float | None
+    reason: str
+
+
+def decide_replica_lag(
+    status_row: Mapping[str, Any] | None,
+    *,
+    max_lag_s: float,
+    allow_no_replication: bool,
+) -> LagCheck:
+    """Pure decision on one ``SHOW REPLICA STATUS`` row (``None`` = empty result).
+
+    * no row: the server is not a replica. OK only when ``allow_no_replication`` (dev /
+      embedded setups where the "replica" is the primary); otherwise ``ReplicaLagError``.
+    * ``Seconds_Behind_Master`` NULL: replication is stopped or broken: ``ReplicaLagError``
+      (NULL is unknown lag, never zero).
+    * lag above ``max_lag_s``: not OK (the caller may wait and look again).
+    """
+    if max_lag_s < 0:
+        raise ValueError(f"max_lag_s must be >= 0, got {max_lag_s!r}")
+    if not status_row:
+        if allow_no_replication:
+            return LagCheck(True, None, "no replication configured: treating server as primary")
+        raise ReplicaLagError(
+            "SHOW REPLICA STATUS is empty: the server is not a replica "
+            "(pass allow_no_replication=True to extract from a primary)"
+        )
+    key = next(
+        (k for k in ("Seconds_Behind_Master", "Seconds_Behind_Source") if k in status_row), None
+    )
+    if key is None:
+        raise ReplicaLagError(
+            f"replica status has no Seconds_Behind_* column: {sorted(status_row)}"
+        )
+    raw = status_row[key]
+    if raw is None:
+        io = status_row.get("Slave_IO_Running", status_row.get("Replica_IO_Running"))
+        sql = status_row.get("Slave_SQL_Running", status_row.get("Replica_SQL_Running"))
+        raise ReplicaLagError(
+            f"replica lag is unknown ({key} is NULL; IO thread={io!r}, SQL thread={sql!r}): "
+            "replication is stopped or broken"
+        )
+    lag = float(raw)
+    if lag > max_lag_s:
+        return LagCheck(False, lag, f"replica is {lag:.0f}s behind (limit {max_lag_s:.0f}s)")
+    return LagCheck(True, lag, f"replica lag {lag:.0f}s within limit {max_lag_s:.0f}s")
+
+
+def read_replica_status(engine: sa.Engine) -> dict[str, Any] | None:
+    """``SHOW REPLICA STATUS`` (MariaDB 10.5+/MySQL 8.0.22+), else ``SHOW SLAVE STATUS``.
+
+    Returns the first row as a dict, or ``None`` when the server is not a replica.
+    """
+    with engine.connect() as conn:
+        try:
+            row = conn.execute(sa.text("SHOW REPLICA STATUS")).mappings().first()
+        except sa.exc.ProgrammingError:
+            row = conn.execute(sa.text("SHOW SLAVE STATUS")).mappings().first()
+    return dict(row) if row is not None else None
+
+
+def wait_for_replica(
+    read_status: Callable[[], Mapping[str, Any] | None],
+    *,
+    max_lag_s: float,
+    allow_no_replication: bool,
+    wait_s: float = 60.0,
+    poll_s: float = 5.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> LagCheck:
+    """Poll the replica status until lag is within ``max_lag_s``, for at most ``wait_s``.
+
+    Raises ``ReplicaLagError`` when still behind after the wait (or at once on NULL lag).
+    """
+    waited = 0.0
+    while True:
+        check = decide_replica_lag(
+            read_status(), max_lag_s=max_lag_s, allow_no_replication=allow_no_replication
+        )
+        if check.ok:
+            log.info("replica lag check: %s", check.reason)
+            return check
+        if waited >= wait_s:
+            raise ReplicaLagError(f"{check.reason} after waiting {waited:.0f}s; giving up")
+        log.warning("replica lag check: %s; waiting %.0fs", check.reason, poll_s)
+        sleep(poll_s)
+        waited += poll_s
+
+
+def lower_bound(
+    table_name: str,
+    high_water: datetime | None,
+    interval_start: datetime,
+    overlap: timedelta,
+) -> datetime | None:
+    """First timestamp read for ``table_name`` (``None`` = from the beginning); see module doc."""
+    if high_water is None:
+        return None if table_name in SNAPSHOT_TABLES else interval_start - overlap
+    return min(high_water, interval_start) - overlap
+
+
+def _window(column: sa.ColumnElement[Any], lower: datetime | None, end: datetime):  # type: ignore[no-untyped-def]
+    condition = column < end
+    return condition if lower is None else sa.and_(column >= lower, condition)
+
+
+def replica_select(table_name: str, lower: datetime | None, end: datetime) -> sa.Select:
+    """The SELECT that reads ``table_name``'s rows for the window ``[lower, end)``."""
+    table = schema.BUSINESS_TABLES[table_name]
+    if table_name == "illusts":
+        where = sa.or_(
+            _window(table.c.update_time, lower, end), _window(table.c.create_time, lower, end)
+        )
+    else:
+        where = _window(table.c.create_time, lower, end)
+    return sa.select(*table.columns).where(where)
+
+
+@dataclass(frozen=True)
+class ExtractResult(StageResult):
+    """What one extraction read (row counts and windows per table)."""
+
+    run_id: str
+    interval_start: datetime
+    interval_end: datetime
+    rows: dict[str, int]
+    lower_bounds: dict[str, str | None]
+    replica_lag_s: float | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _allow_no_replication_default() -> bool:
+    return os.environ.get("RECSYS_ALLOW_NO_REPLICATION", "1").lower() not in ("0", "false", "no")
+
+
+def extract_interval(
+    settings: Settings,
+    interval_start: datetime | str,
+    interval_end: datetime | str,
+    *,
+    run_id: str,
+    batch_size: int = 10_000,
+    overlap: timedelta = timedelta(minutes=10),
+    allow_no_replication: bool | None = None,
+    lag_wait_s: float = 60.0,
+    lag_poll_s: float = 5.0,
+    tables: tuple[str, ...] = EXTRACT_ORDER,
+) -> ExtractResult:
+    """Copy the interval's replica rows into ``staging_<table>`` and advance the watermarks.
+
+    Streams with a server-side cursor (``batch_size`` rows at a time); each table's staging
+    rows and watermark are replaced in one recsys-DB transaction. Idempotent.
+    ``allow_no_replication`` defaults to env ``RECSYS_ALLOW_NO_REPLICATION`` (on).
+    """
+    start, end = check_interval(interval_start, interval_end)
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size!r}")
+    if overlap < timedelta(0):
+        raise ValueError(f"overlap must be >= 0, got {overlap!r}")
+    unknown = [t for t in tables if t not in schema.BUSINESS_TABLES]
+    if unknown or not run_id:
+        raise ValueError(f"bad tables {unknown!r} or run_id {run_id!r}")
+    if allow_no_replication is None:
+        allow_no_replication = _allow_no_replication_default()
+    began = time.perf_counter()
+
+    replica = get_engine(settings.replica_url)
+    recsys = get_engine(settings.recsys_db_url)
+    schema.create_recsys_schema(recsys)
+
+    lag: float | None = None
+    if replica.dialect.name in ("mysql", "mariadb"):
+        lag = wait_for_replica(
+            lambda: read_replica_status(replica),
+            max_lag_s=settings.max_replica_lag_s,
+            allow_no_replication=allow_no_replication,
+            wait_s=lag_wait_s,
+            poll_s=lag_poll_s,
+        ).lag_s
+
+    counts: dict[str, int] = {}
+    lowers: dict[str, str | None] = {}
+    for table_name in tables:
+        n, lower = _extract_table(
+            replica,
+            recsys,
+            table_name,
+            start,
+            end,
+            run_id=run_id,
+            batch_size=batch_size,
+            overlap=overlap,
+        )
+        counts[table_name] = n
+        lowers[table_name] = lower.isoformat() if lower else None
+    seconds = time.perf_counter() - began
+    log.info("extracted %s for [%s, %s) in %.1fs (run %s)", counts, start, end, seconds, run_id)
+    return ExtractResult(
+        run_id=run_id,
+        interval_start=start,
+        interval_end=end,
+        rows=counts,
+        lower_bounds=lowers,
+        replica_lag_s=lag,
+        seconds=round(seconds, 3),
+    )
+
+
+def _extract_table(
+    replica: sa.Engine,
+    recsys: sa.Engine,
+    table_name: str,
+    start: datetime,
+    end: datetime,
+    *,
+    run_id: str,
+    batch_size: int,
+    overlap: timedelta,
+) -> tuple[int, datetime | None]:
+    staging = schema.STAGING_TABLES[table_name]
+    marks = schema.watermarks
+    business_columns = [c.name for c in schema.BUSINESS_TABLES[table_name].columns]
+    columns = ["data_interval_start", "data_interval_end", "row_seq", *business_columns, "run_id"]
+    insert = sa.insert(staging)
+    with recsys.begin() as out:
+        high_water = out.execute(
+            sa.select(marks.c.high_water).where(marks.c.table_name == table_name)
+        ).scalar_one_or_none()
+        lower = lower_bound(table_name, high_water, start, overlap)
+        out.execute(
+            sa.delete(staging).where(
+                staging.c.data_interval_start == start, staging.c.data_interval_end == end
+            )
+        )
+        query = replica_select(table_name, lower, end)
+        written = 0
+        with replica.connect() as source:
+            result = source.execution_options(stream_results=True, yield_per=batch_size).execute(
+                query
+            )
+            for batch_no, batch in enumerate(result.partitions(batch_size), start=1):
+                rows = [(start, end, written + i, *row, run_id) for i, row in enumerate(batch)]
+                written += bulk_execute(out, insert, columns, rows)
+                if batch_no % 20 == 0:
+                    log.info("%s: %d rows staged so far", table_name, written)
+        new_mark = end if high_water is None else max(high_water, end)
+        out.execute(sa.delete(marks).where(marks.c.table_name == table_name))
+        out.execute(sa.insert(marks).values(table_name=table_name, high_water=new_mark))
+    log.info(
+        "%s: read %d rows from replica window [%s, %s) into %s; watermark %s -> %s",
+        table_name,
+        written,
+        lower,
+        end,
+        staging.name,
+        high_water,
+        new_mark,
+    )
+    return written, lower
