@@ -209,8 +209,42 @@ def _sample_from_pools(
     return out
 
 
+@dataclass(frozen=True)
+class PlantedStructure:
+    """The hidden tastes behind generated data (1-based ids), for tests and benchmarks that
+    check a model recovers them. Row ``u`` belongs to ``user_id = u + 1``."""
+
+    user_taste_tags: np.ndarray  # int64[n_users, tastes_per_user], tag ids
+    user_favourite_artists: np.ndarray  # int64[n_users, favourite_artists_per_user], artist ids
+
+    def matches(
+        self, user_ids: np.ndarray, illusts: pd.DataFrame, illust_ids: np.ndarray
+    ) -> np.ndarray:
+        """Whether each (user, illust) pair matches the user's taste tags or favourite artists."""
+        by_id = illusts.set_index("illust_id")
+        tag_ids = by_id["tags"].map(lambda text: {t["id"] for t in json.loads(text)})
+        artists = by_id["artist_id"].reindex(illust_ids).to_numpy()
+        pair_tags = tag_ids.reindex(illust_ids).to_numpy()
+        rows = np.asarray(user_ids) - 1
+        tastes = self.user_taste_tags[rows]
+        favourites = self.user_favourite_artists[rows]
+        by_artist = (favourites == artists[:, None]).any(axis=1)
+        by_tag = np.array(
+            [
+                bool(tags.intersection(row.tolist()))
+                for tags, row in zip(pair_tags, tastes, strict=True)
+            ]
+        )
+        return by_artist | by_tag
+
+
 def generate_frames(config: GeneratorConfig) -> BusinessFrames:
     """Generate users, illusts, interactions and follows for ``config`` (same seed → same frames)."""
+    return generate_with_structure(config)[0]
+
+
+def generate_with_structure(config: GeneratorConfig) -> tuple[BusinessFrames, PlantedStructure]:
+    """:func:`generate_frames` plus the hidden tastes it planted."""
     config.check()
     started = time.monotonic()
     rng = np.random.default_rng(config.seed)
@@ -424,7 +458,11 @@ def generate_frames(config: GeneratorConfig) -> BusinessFrames:
     log.info(
         "generated %s in %.1fs (seed %d)", frames.summary(), time.monotonic() - started, config.seed
     )
-    return frames
+    structure = PlantedStructure(
+        user_taste_tags=user_tastes.astype(np.int64) + 1,
+        user_favourite_artists=favourite_artists.astype(np.int64) + 1,
+    )
+    return frames, structure
 
 
 def _favourites(rng: np.random.Generator, p: np.ndarray, k: int) -> np.ndarray:
