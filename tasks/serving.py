@@ -222,3 +222,27 @@ def export_hash_two_tower(dst: str | Path, spec: HashModelSpec | None = None) ->
     )
     log.info("exported fixture hash two-tower (dim=%d) to %s", spec.dim, dst)
     return dst
+
+
+def write_mirror_frames(engine: Any, frames: Any) -> dict[str, int]:
+    """Load business frames straight into the recsys DB mirror tables (fixture data).
+
+    For tests, benches and demos of the serving side without running extraction; replaces
+    what the mirror tables held.
+    """
+    import sqlalchemy as sa
+
+    from tasks.schema import MIRROR_TABLES, create_recsys_schema
+
+    create_recsys_schema(engine)
+    counts: dict[str, int] = {}
+    with engine.begin() as conn:
+        for name, table in MIRROR_TABLES.items():
+            frame = getattr(frames, name)
+            conn.execute(sa.delete(table))
+            rows = frame[[c.name for c in table.columns]].to_dict("records")
+            for start in range(0, len(rows), 5000):
+                conn.execute(sa.insert(table), rows[start : start + 5000])
+            counts[name] = len(rows)
+    log.info("wrote fixture mirror tables: %s", counts)
+    return counts
