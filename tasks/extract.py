@@ -16,7 +16,9 @@ a newer one (a backfill) never moves it back. The lower bound is
 so an interval always re-reads its own window (also in a backfill), a gap since the last run
 is caught up, and rows that committed late (up to ``overlap`` after their timestamp) are not
 missed. A dimension table seen for the first time (no watermark) is read in full up to
-``end`` (the initial snapshot); interactions always start at ``start - overlap``.
+``end`` (the initial snapshot); so is any interval starting at or before ``low_water`` (the
+start of the earliest interval extracted), so re-running the first interval reads the same
+rows again. Interactions always start at ``start - overlap``.
 
 Rows land in ``staging_<table>`` keyed by the data interval; a re-run replaces that
 interval's staging rows in one transaction (together with the watermark), so re-runs and
@@ -155,9 +157,16 @@ def lower_bound(
     high_water: datetime | None,
     interval_start: datetime,
     overlap: timedelta,
+    low_water: datetime | None = None,
 ) -> datetime | None:
-    """First timestamp read for ``table_name`` (``None`` = from the beginning); see module doc."""
-    if high_water is None:
+    """First timestamp read for ``table_name`` (``None`` = from the beginning); see module doc.
+
+    ``low_water`` is the start of the earliest interval extracted so far: an interval that
+    starts at or before it re-reads the snapshot, so re-running the first interval (or
+    backfilling an even older one) reads what the first run read.
+    """
+    snapshot = high_water is None or (low_water is not None and interval_start <= low_water)
+    if snapshot:
         return None if table_name in SNAPSHOT_TABLES else interval_start - overlap
     return min(high_water, interval_start) - overlap
 
@@ -287,10 +296,11 @@ def _extract_table(
     columns = ["data_interval_start", "data_interval_end", "row_seq", *business_columns, "run_id"]
     insert = sa.insert(staging)
     with recsys.begin() as out:
-        high_water = out.execute(
-            sa.select(marks.c.high_water).where(marks.c.table_name == table_name)
-        ).scalar_one_or_none()
-        lower = lower_bound(table_name, high_water, start, overlap)
+        mark = out.execute(
+            sa.select(marks.c.high_water, marks.c.low_water).where(marks.c.table_name == table_name)
+        ).first()
+        high_water, low_water = (mark.high_water, mark.low_water) if mark else (None, None)
+        lower = lower_bound(table_name, high_water, start, overlap, low_water)
         out.execute(
             sa.delete(staging).where(
                 staging.c.data_interval_start == start, staging.c.data_interval_end == end
@@ -308,8 +318,11 @@ def _extract_table(
                 if batch_no % 20 == 0:
                     log.info("%s: %d rows staged so far", table_name, written)
         new_mark = end if high_water is None else max(high_water, end)
+        new_low = start if low_water is None else min(low_water, start)
         out.execute(sa.delete(marks).where(marks.c.table_name == table_name))
-        out.execute(sa.insert(marks).values(table_name=table_name, high_water=new_mark))
+        out.execute(
+            sa.insert(marks).values(table_name=table_name, high_water=new_mark, low_water=new_low)
+        )
     log.info(
         "%s: read %d rows from replica window [%s, %s) into %s; watermark %s -> %s",
         table_name,

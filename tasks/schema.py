@@ -114,6 +114,9 @@ watermarks = sa.Table(
     recsys_metadata,
     sa.Column("table_name", sa.String(64), primary_key=True),
     sa.Column("high_water", sa.DateTime, nullable=False),
+    # Start of the earliest interval ever extracted (tasks.extract: an interval starting at or
+    # before it re-reads the initial snapshot, so re-running it gives the same rows).
+    sa.Column("low_water", sa.DateTime, nullable=True),
 )
 
 quarantine = sa.Table(

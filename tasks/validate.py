@@ -386,6 +386,10 @@ def _validate_table(
             frame = pd.DataFrame([tuple(r) for r in rows], columns=columns)
             if table_name == "illusts":
                 frame["tags_checked"] = frame["tags"].map(_tags_checked)
+            # Report and write what the database returned, not the frame (pandas turns int
+            # columns holding a NULL into floats).
+            records = [dict(zip(columns, row, strict=True)) for row in rows]
+            by_seq = {int(record["row_seq"]): record for record in records}
             outcome = checkpoint.run(
                 batch_parameters={"dataframe": frame}, expectation_parameters=parameters
             )
@@ -425,14 +429,10 @@ def _validate_table(
                         for seq in seqs:
                             bad_rows[seq].append((name, entry["description"]))
                     if len(entry["examples"]) < EXAMPLES_PER_FAILURE:
-                        by_seq = frame.set_index("row_seq")
                         for seq in seqs[: EXAMPLES_PER_FAILURE - len(entry["examples"])]:
                             entry["examples"].append(
-                                {c: _plain(by_seq.at[seq, c]) for c in business_columns}
+                                {c: _plain(by_seq[seq][c]) for c in business_columns}
                             )
-            # Write what the database returned, not the frame (pandas turns int columns
-            # holding a NULL into floats).
-            records = [dict(zip(columns, row, strict=True)) for row in rows]
             good: list[tuple[Any, ...]] = []
             quarantined_rows: list[tuple[Any, ...]] = []
             for record in records:

@@ -75,6 +75,14 @@ def test_lower_bound_rule() -> None:
     assert lower_bound("illusts", start, start, ten) == datetime(2024, 1, 4, 23, 50)
     # backfill of an older interval: still reads its own window
     assert lower_bound("illusts", datetime(2024, 1, 9), start, ten) == datetime(2024, 1, 4, 23, 50)
+    # re-running the first interval (or an older one) re-reads the snapshot
+    assert lower_bound("users", datetime(2024, 1, 9), start, ten, low_water=start) is None
+    assert lower_bound("interactions", datetime(2024, 1, 9), start, ten, start) == datetime(
+        2024, 1, 4, 23, 50
+    )
+    assert lower_bound("users", datetime(2024, 1, 9), start, ten, datetime(2024, 1, 2)) == (
+        datetime(2024, 1, 4, 23, 50)
+    )
     # gap since the last run is caught up
     assert lower_bound("follows", datetime(2024, 1, 2), start, ten) == datetime(2024, 1, 1, 23, 50)
 
