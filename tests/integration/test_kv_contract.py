@@ -54,7 +54,7 @@ def test_sorted_set_orders_by_score_desc_and_slices(kv: KVStore) -> None:
 
 def test_zadd_many_replaces_whole_sets(kv: KVStore) -> None:
     kv.zadd("t:1", {"old": 9.0})
-    kv.zadd_many({"t:1": {"a": 1.0, "b": 2.0}, "t:2": {"c": 3.0}})  # type: ignore[attr-defined]
+    kv.zadd_many({"t:1": {"a": 1.0, "b": 2.0}, "t:2": {"c": 3.0}})
     assert kv.zrevrange("t:1", 0, -1) == [("b", 2.0), ("a", 1.0)]
     assert kv.zrevrange("t:2", 0, -1) == [("c", 3.0)]
 
