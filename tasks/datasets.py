@@ -116,7 +116,9 @@ def empty_frame(table_name: str) -> pd.DataFrame:
 def _column_values(series: pd.Series) -> list[Any]:
     """Plain Python values for the DB driver: ints, strs, datetimes, None for missing."""
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
-        return [None if pd.isna(v) else v.to_pydatetime() for v in series]
+        # datetime64[us] -> object gives datetime.datetime (NaT -> None) without a Python loop.
+        values: list[Any] = series.to_numpy().astype("datetime64[us]").astype(object).tolist()
+        return values
     if pd.api.types.is_integer_dtype(series.dtype) and not series.hasnans:
         return series.tolist()
     if pd.api.types.is_float_dtype(series.dtype):
