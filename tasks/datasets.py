@@ -10,6 +10,9 @@ contents or the new ones, never a mix:
 * MySQL/MariaDB: the tables are loaded into ``<table>__new`` copies, verified, then swapped in
   with one ``RENAME TABLE`` statement (atomic in InnoDB); the old copies are dropped after.
 
+Two replacing writers must not run at once against one MySQL database (they would share the
+``__new`` staging tables); the pipeline only ever seeds a replica from one place.
+
 ``replace=False`` appends in one transaction instead (for streaming big data sets in chunks);
 appending is not idempotent by nature, replacing is.
 """
@@ -267,9 +270,12 @@ def _write_mysql_replace(frames: BusinessFrames, url: str, chunk_rows: int) -> d
             for name in TABLE_ORDER:
                 conn.exec_driver_sql(f"DROP TABLE IF EXISTS `{name}__old`")
     except BaseException:
-        with engine.begin() as conn:
-            for table in new_tables.values():
-                conn.exec_driver_sql(f"DROP TABLE IF EXISTS `{table.name}`")
+        try:
+            with engine.begin() as conn:
+                for table in new_tables.values():
+                    conn.exec_driver_sql(f"DROP TABLE IF EXISTS `{table.name}`")
+        except Exception:  # keep the original error; staging tables are dropped next run
+            log.exception("could not drop staging tables %s", [t.name for t in new_tables.values()])
         raise
     log.info("published %s into %s", counts, engine.url.render_as_string(hide_password=True))
     return counts
