@@ -1,0 +1,446 @@
+"""Minimal online recommendation API (FastAPI).
+
+``GET /recommend/{user_id}?k=&dpp=&theta=``, ``GET /similar/{illust_id}?k=``, ``GET /healthz``,
+``GET /version``.
+
+Recommend: a fresh precomputed list (``<ns>:topn:<uid>``) if present -> else the user's vector
+(KV, or the user tower over their history when it is missing) -> ANN on the Milvus alias
+``items`` plus the hot, followed-artists'-new-works and item-CF channels, merged round-robin by
+channel head -> drop seen items -> optional DPP re-rank -> ids with score and channel.
+
+It degrades instead of failing: Milvus down -> the other channels; KV down or unknown user
+-> the hot list (a copy of the last one read is kept in memory as the final fallback);
+model down -> precomputed or hot. Bad input is a 4xx with a message naming the value.
+Long-lived clients (KV, MilvusClient, model) are created once at startup in ``app.state``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from tasks.common import get_logger
+from tasks.settings import Settings, load_settings
+
+log = get_logger("api")
+
+MAX_K = 200
+I2I_SEEDS = 5
+NAMESPACE_TTL_S = 1.0
+
+
+@dataclass
+class NamespaceView:
+    """What the live KV namespace says, cached briefly so a request costs no extra lookup."""
+
+    name: str | None
+    meta: dict[str, Any] | None
+    topn_fresh: bool
+    hot: list[tuple[int, float]]
+    read_at: float
+
+
+@dataclass
+class ServingState:
+    """Long-lived clients and caches shared by all requests."""
+
+    settings: Settings
+    kv: Any = None
+    milvus: Any = None
+    model: Any = None
+    model_version: int | None = None
+    precompute_max_age: timedelta = timedelta(days=1)
+    last_hot: list[tuple[int, float]] = field(default_factory=list)
+    view: NamespaceView | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- startup ------------------------------------------------------------------------
+    def open(self) -> None:
+        """Open every client; a dependency that is down is logged and left as None."""
+        from tasks.kv import open_kv
+
+        try:
+            self.kv = open_kv(self.settings)
+        except Exception as exc:
+            log.warning("KV unavailable at startup: %s", exc)
+        try:
+            from tasks.vectors import open_milvus
+
+            self.milvus = open_milvus(self.settings, timeout=5)
+        except Exception as exc:
+            log.warning("Milvus unavailable at startup: %s", exc)
+        self.load_model()
+        try:
+            self.namespace()
+        except Exception as exc:
+            log.warning("could not read the live namespace at startup: %s", exc)
+
+    def load_model(self) -> None:
+        """The live model: TF-Serving client if configured, else the SavedModel in process."""
+        from tasks.deploy import live_model_dir, live_version
+
+        try:
+            self.model_version = live_version(self.settings)
+            if self.model_version is None:
+                return
+            if self.settings.tfserving_url:
+                from tasks.tfserving import TFServingClient
+
+                self.model = TFServingClient(
+                    self.settings.tfserving_url,
+                    self.settings.model_name,
+                    version=self.model_version,
+                    timeout=2.0,
+                )
+            else:
+                from tasks.serving import LocalModel
+
+                self.model = LocalModel(live_model_dir(self.settings), version=self.model_version)  # type: ignore[arg-type]
+        except Exception as exc:
+            log.warning("model unavailable: %s", exc)
+            self.model = None
+
+    def close(self) -> None:
+        for client in (self.kv, self.milvus):
+            try:
+                if client is not None:
+                    client.close()
+            except Exception as exc:  # closing a broken client must not block shutdown
+                log.warning("closing %s failed: %s", type(client).__name__, exc)
+
+    # -- namespace ------------------------------------------------------------------------
+    def namespace(self) -> NamespaceView:
+        """The live namespace, its meta, topn freshness and hot list (cached ~1 s)."""
+        from tasks.recall import decode_scored
+        from tasks.vectors import current_namespace, namespace_meta
+
+        view = self.view
+        if view is not None and time.monotonic() - view.read_at < NAMESPACE_TTL_S:
+            return view
+        if self.kv is None:
+            raise ConnectionError("KV store is not available")
+        name = current_namespace(self.kv)
+        meta = namespace_meta(self.kv, name) if name else None
+        topn_fresh = False
+        hot: list[tuple[int, float]] = []
+        if name and meta:
+            raw_topn, raw_hot = self.kv.mget([f"{name}:topn_meta", f"{name}:hot"])
+            hot = decode_scored(raw_hot)
+            if raw_topn:
+                topn_asof = datetime.fromisoformat(json.loads(raw_topn)["data_as_of"])
+                data_asof = datetime.fromisoformat(meta["data_as_of"])
+                topn_fresh = data_asof - topn_asof <= self.precompute_max_age
+        if hot:
+            self.last_hot = hot
+        view = NamespaceView(name, meta, topn_fresh, hot or self.last_hot, time.monotonic())
+        self.view = view
+        return view
+
+
+def _items(candidates: list[Any]) -> list[dict[str, Any]]:
+    return [{"illust_id": c.illust_id, "score": c.score, "channel": c.channel} for c in candidates]
+
+
+def _hot_answer(
+    state: ServingState, k: int, exclude: set[int], degraded: list[str], **extra: Any
+) -> dict[str, Any]:
+    from tasks.recall import merge_round_robin
+
+    hot = state.view.hot if state.view else state.last_hot
+    picked = merge_round_robin({"hot": hot}, k, exclude=exclude)
+    if len(picked) < k and exclude:  # better a seen item than a short list
+        picked = merge_round_robin({"hot": hot}, k)
+    return {"source": "hot", "items": _items(picked), "degraded": degraded, **extra}
+
+
+def _ann(state: ServingState, vector: np.ndarray, limit: int) -> list[tuple[int, float]]:
+    from tasks.vectors import ITEMS_ALIAS
+
+    if state.milvus is None:
+        raise ConnectionError("Milvus is not available")
+    hits = state.milvus.search(
+        ITEMS_ALIAS,
+        data=[np.asarray(vector, dtype=np.float32).tolist()],
+        limit=limit,
+        anns_field="embedding",
+        output_fields=[],
+    )
+    return [(int(h["illust_id"]), float(h["distance"])) for h in hits[0]]
+
+
+def _item_vectors(state: ServingState, ids: list[int]) -> dict[int, np.ndarray]:
+    from tasks.vectors import ITEMS_ALIAS
+
+    if state.milvus is None:
+        raise ConnectionError("Milvus is not available")
+    rows = state.milvus.query(ITEMS_ALIAS, ids=ids, output_fields=["illust_id", "embedding"])
+    return {int(r["illust_id"]): np.asarray(r["embedding"], dtype=np.float32) for r in rows}
+
+
+def recommend_for(
+    state: ServingState, user_id: int, k: int, *, dpp: bool = False, theta: float = 0.5
+) -> dict[str, Any]:
+    """The recommend flow with its fallbacks (see the module docstring)."""
+    from tasks.dpp import dpp_rerank
+    from tasks.recall import (
+        combine_neighbors,
+        decode_ids,
+        decode_scored,
+        decode_vector,
+        merge_round_robin,
+    )
+
+    degraded: list[str] = []
+    try:
+        view = state.namespace()
+    except Exception as exc:
+        log.warning("KV down for /recommend/%s: %s", user_id, exc)
+        return _hot_answer(state, k, set(), ["kv"], namespace=None)
+    ns = view.name
+    if ns is None:
+        return _hot_answer(state, k, set(), ["no_namespace"], namespace=None)
+    try:
+        if view.topn_fresh and not dpp:
+            top = state.kv.zrevrange(f"{ns}:topn:{user_id}", 0, k - 1)
+            if top:
+                from tasks.recall import Candidate
+
+                picked = [Candidate(int(m), s, "precomputed") for m, s in top]
+                if len(picked) < k:
+                    picked += merge_round_robin(
+                        {"hot": view.hot}, k - len(picked), exclude={c.illust_id for c in picked}
+                    )
+                return {
+                    "source": "precomputed",
+                    "items": _items(picked),
+                    "degraded": degraded,
+                    "namespace": ns,
+                }
+        raw_vec, raw_seen, raw_hist, raw_follow = state.kv.mget(
+            [
+                f"{ns}:user_vec:{user_id}",
+                f"{ns}:seen:{user_id}",
+                f"{ns}:hist:{user_id}",
+                f"{ns}:follow_new:{user_id}",
+            ]
+        )
+    except Exception as exc:
+        log.warning("KV read failed for user %s: %s", user_id, exc)
+        return _hot_answer(state, k, set(), ["kv"], namespace=ns)
+    seen = set(decode_ids(raw_seen))
+    history = decode_ids(raw_hist)
+    vector = decode_vector(raw_vec)
+    if vector is None and history and state.model is not None:
+        try:
+            out = state.model.predict(
+                "user_tower",
+                {
+                    "user_id": np.array([user_id], np.int64),
+                    "history": np.array([history], np.int64),
+                },
+            )
+            vector = np.asarray(out["embedding"][0], dtype=np.float32)
+        except Exception as exc:
+            log.warning("user tower failed for %s: %s", user_id, exc)
+            degraded.append("model")
+    elif vector is None and history:
+        degraded.append("model")
+    if vector is None and not seen and not history:
+        return _hot_answer(state, k, seen, degraded + ["unknown_user"], namespace=ns)
+
+    pool = k * 3 if dpp else k
+    channels: list[tuple[str, list[tuple[int, float]]]] = []
+    if vector is not None:
+        try:
+            channels.append(("ann", _ann(state, vector, min(pool + len(seen), 16_384))))
+        except Exception as exc:
+            log.warning("ANN failed for user %s: %s", user_id, exc)
+            degraded.append("milvus")
+    if history:
+        try:
+            raw_i2i = state.kv.mget([f"{ns}:i2i:{i}" for i in history[:I2I_SEEDS]])
+            channels.append(
+                ("i2i", combine_neighbors((decode_scored(r) for r in raw_i2i), n=pool + len(seen)))
+            )
+        except Exception as exc:
+            log.warning("i2i read failed for user %s: %s", user_id, exc)
+            degraded.append("kv_i2i")
+    follow = decode_ids(raw_follow)
+    if follow:
+        channels.append(("follow_new", [(i, 1.0 / (r + 1)) for r, i in enumerate(follow)]))
+    channels.append(("hot", view.hot))
+    candidates = merge_round_robin(channels, pool, exclude=seen)
+
+    if dpp and len(candidates) > 1:
+        try:
+            vectors = _item_vectors(state, [c.illust_id for c in candidates])
+            usable = [c for c in candidates if c.illust_id in vectors]
+            mat = np.stack([vectors[c.illust_id] for c in usable])
+            quality = mat @ vector if vector is not None else np.array([c.score for c in usable])
+            order = dpp_rerank(quality, mat, k, theta=theta)
+            candidates = [usable[i] for i in order]
+        except Exception as exc:
+            log.warning("DPP skipped for user %s: %s", user_id, exc)
+            degraded.append("dpp")
+    return {
+        "source": "realtime",
+        "items": _items(candidates[:k]),
+        "degraded": degraded,
+        "namespace": ns,
+    }
+
+
+def similar_to(state: ServingState, illust_id: int, k: int) -> dict[str, Any]:
+    """Nearest items to ``illust_id`` (ANN on its item vector); item-CF, then hot, as fallbacks."""
+    from tasks.recall import Candidate, decode_scored
+
+    degraded: list[str] = []
+    try:
+        vector = _item_vectors(state, [illust_id]).get(illust_id)
+        if vector is not None:
+            hits = [(i, s) for i, s in _ann(state, vector, k + 1) if i != illust_id][:k]
+            return {
+                "source": "ann",
+                "items": _items([Candidate(i, s, "ann") for i, s in hits]),
+                "degraded": degraded,
+            }
+    except Exception as exc:
+        log.warning("ANN failed for /similar/%s: %s", illust_id, exc)
+        degraded.append("milvus")
+    try:
+        view = state.namespace()
+        if view.name:
+            pairs = decode_scored(state.kv.get(f"{view.name}:i2i:{illust_id}"))[:k]
+            if pairs:
+                return {
+                    "source": "i2i",
+                    "items": _items([Candidate(i, s, "i2i") for i, s in pairs]),
+                    "degraded": degraded,
+                }
+    except Exception as exc:
+        log.warning("KV failed for /similar/%s: %s", illust_id, exc)
+        degraded.append("kv")
+    return _hot_answer(state, k, {illust_id}, degraded)
+
+
+def create_app(settings: Settings | None = None, *, max_k: int = MAX_K) -> FastAPI:
+    """Build the API; clients open in the lifespan (use TestClient as a context manager)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = ServingState(settings or load_settings())
+        state.open()
+        app.state.serving = state
+        log.info(
+            "API up: model v%s, KV %s, Milvus %s",
+            state.model_version,
+            "up" if state.kv else "down",
+            "up" if state.milvus else "down",
+        )
+        try:
+            yield
+        finally:
+            state.close()
+
+    app = FastAPI(title="recsys4pix", lifespan=lifespan)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            f"{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']} (got {err.get('input')!r})"
+            for err in exc.errors()
+        ]
+        return JSONResponse(status_code=422, content={"error": "; ".join(problems)})
+
+    @app.exception_handler(Exception)
+    async def never_5xx(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        state: ServingState = request.app.state.serving
+        return JSONResponse(status_code=200, content=_hot_answer(state, 20, set(), ["internal"]))
+
+    def serving(request: Request) -> ServingState:
+        return request.app.state.serving
+
+    @app.get("/recommend/{user_id}")
+    def recommend(
+        request: Request,
+        user_id: int = Path(..., ge=0, description="user id"),
+        k: int = Query(20, ge=1, le=max_k, description="number of items"),
+        dpp: bool = Query(False, description="diversify with DPP"),
+        theta: float = Query(0.5, ge=0.0, le=1.0, description="DPP diversity weight"),
+    ) -> dict[str, Any]:
+        state = serving(request)
+        try:
+            answer = recommend_for(state, user_id, k, dpp=dpp, theta=theta)
+        except Exception as exc:
+            log.exception("recommend failed for %s", user_id)
+            answer = _hot_answer(state, k, set(), ["internal:" + type(exc).__name__])
+        return {"user_id": user_id, **answer}
+
+    @app.get("/similar/{illust_id}")
+    def similar(
+        request: Request,
+        illust_id: int = Path(..., ge=0, description="illust id"),
+        k: int = Query(20, ge=1, le=max_k, description="number of items"),
+    ) -> dict[str, Any]:
+        state = serving(request)
+        try:
+            answer = similar_to(state, illust_id, k)
+        except Exception as exc:
+            log.exception("similar failed for %s", illust_id)
+            answer = _hot_answer(state, k, set(), ["internal:" + type(exc).__name__])
+        return {"illust_id": illust_id, **answer}
+
+    @app.get("/healthz")
+    def healthz(request: Request) -> dict[str, Any]:
+        state = serving(request)
+        checks = {"kv": False, "milvus": False, "model": state.model is not None}
+        try:
+            checks["kv"] = bool(state.kv is not None and state.kv.ping())
+        except Exception:
+            checks["kv"] = False
+        try:
+            checks["milvus"] = state.milvus is not None and isinstance(
+                state.milvus.list_collections(), list
+            )
+        except Exception:
+            checks["milvus"] = False
+        return {"status": "ok" if all(checks.values()) else "degraded", **checks}
+
+    @app.get("/version")
+    def version(request: Request) -> dict[str, Any]:
+        from tasks.vectors import alias_target
+
+        state = serving(request)
+        out: dict[str, Any] = {
+            "model_version": state.model_version,
+            "collection": None,
+            "kv_namespace": None,
+        }
+        try:
+            view = state.namespace()
+            out["kv_namespace"] = view.name
+            if view.meta:
+                out["vectors_model_version"] = view.meta.get("version")
+                out["data_as_of"] = view.meta.get("data_as_of")
+        except Exception as exc:
+            out["kv_error"] = str(exc)
+        try:
+            if state.milvus is not None:
+                out["collection"] = alias_target(state.milvus)
+        except Exception as exc:
+            out["milvus_error"] = str(exc)
+        return out
+
+    return app
