@@ -86,7 +86,7 @@ class GeneratorConfig:
     n_artists: int = 200
     n_tags: int = 100
     days: int = 14
-    start_date: str = "2026-01-01"
+    start_date: date | str = "2026-01-01"  # a date, a midnight datetime, or "YYYY-MM-DD" (UTC)
     seed: int = 42
     views_per_user: float = 40.0  # mean views per user over the period (Poisson, >= 1)
     bookmark_rate: float = 0.02  # P(bookmark | view of a non-matching illust)
@@ -137,11 +137,16 @@ class GeneratorConfig:
         self.start()
 
     def start(self) -> datetime:
-        """``start_date`` as a naive UTC midnight."""
+        """``start_date`` as a naive UTC midnight (a datetime's time of day is dropped)."""
+        value = self.start_date
+        if isinstance(value, datetime):
+            value = value.date()
+        if isinstance(value, date):
+            return datetime.combine(value, datetime.min.time())
         try:
-            return datetime.combine(date.fromisoformat(self.start_date), datetime.min.time())
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"start_date must be YYYY-MM-DD, got {self.start_date!r}") from exc
+            return datetime.combine(date.fromisoformat(str(value)), datetime.min.time())
+        except ValueError as exc:
+            raise ValueError(f"start_date must be a date or YYYY-MM-DD, got {value!r}") from exc
 
 
 def tag_vocabulary(n_tags: int) -> list[dict[str, Any]]:

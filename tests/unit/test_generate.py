@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import date, datetime
 
 import numpy as np
 import pandas as pd
@@ -167,6 +167,12 @@ def test_tags_json_shape(generated: tuple[BusinessFrames, PlantedStructure]) -> 
             assert set(tag) == {"name", "translatedName", "id"}
             assert isinstance(tag["name"], str) and tag["name"]
             assert isinstance(tag["id"], int) and 1 <= tag["id"] <= SMALL.n_tags
+
+
+def test_start_date_accepts_date_datetime_and_iso_string() -> None:
+    assert GeneratorConfig(start_date=date(2026, 10, 1)).start() == datetime(2026, 10, 1)
+    assert GeneratorConfig(start_date=datetime(2026, 10, 1, 5)).start() == datetime(2026, 10, 1)
+    assert GeneratorConfig(start_date="2026-10-01").start() == datetime(2026, 10, 1)
 
 
 @pytest.mark.parametrize(
