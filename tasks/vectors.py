@@ -118,7 +118,14 @@ def insert_vectors(
     artist_ids: np.ndarray | None = None,
     batch_size: int = 10_000,
 ) -> int:
-    """Insert rows in batches (the refresh's write path; benched against one raw insert)."""
+    """Insert rows in batches: the refresh's write path (benched against one raw insert).
+
+    Rows carry plain Python lists (pymilvus parses them about twice as fast as numpy rows),
+    and the next batch is built while the previous insert is in flight: the Milvus server
+    (a separate process, also for Milvus Lite) works while this process prepares rows.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     if len(ids) != len(vectors):
         raise ValueError(f"{len(ids)} ids but {len(vectors)} vectors")
     if batch_size < 1:
@@ -129,24 +136,34 @@ def insert_vectors(
     vec_array = np.asarray(vectors, dtype=np.float32)
     inserted = 0
     n_batches = (len(id_list) + batch_size - 1) // batch_size
-    for b, start in enumerate(range(0, len(id_list), batch_size), start=1):
-        end = start + batch_size
-        rows = [
-            {"illust_id": i, "embedding": v, "artist_id": a}
-            for i, v, a in zip(
-                id_list[start:end], vec_array[start:end], artist_list[start:end], strict=True
-            )
-        ]
-        inserted += int(client.insert(collection, rows)["insert_count"])
-        if b % 10 == 0 or b == n_batches:
-            log.info(
-                "inserted %d/%d vectors into %s (batch %d/%d)",
-                inserted,
-                len(id_list),
-                collection,
-                b,
-                n_batches,
-            )
+    pending: Future[Any] | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="milvus-insert") as pool:
+        for b, start in enumerate(range(0, len(id_list), batch_size), start=1):
+            end = start + batch_size
+            rows = [
+                {"illust_id": i, "embedding": v, "artist_id": a}
+                for i, v, a in zip(
+                    id_list[start:end],
+                    vec_array[start:end].tolist(),
+                    artist_list[start:end],
+                    strict=True,
+                )
+            ]
+            if pending is not None:
+                inserted += int(pending.result()["insert_count"])
+            pending = pool.submit(client.insert, collection, rows)
+            if b % 10 == 0 or b == n_batches:
+                log.info(
+                    "inserting into %s: batch %d/%d submitted, %d/%d rows confirmed",
+                    collection,
+                    b,
+                    n_batches,
+                    inserted,
+                    len(id_list),
+                )
+        if pending is not None:
+            inserted += int(pending.result()["insert_count"])
+    log.info("inserted %d vectors into %s", inserted, collection)
     return inserted
 
 
