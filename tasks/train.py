@@ -794,6 +794,12 @@ def _log_curves(fit: FitHistory) -> None:
     plt.close(figure)
 
 
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("mlflow", "tensorflow", "numpy", "pandas")]
+
+
 def _log_pyfunc(export_dir: Path, catalogue: ItemCatalogue, history_len: int) -> None:
     """Log an MLflow pyfunc that scores (user, item) rows with the SavedModel artifact."""
     import mlflow
@@ -806,5 +812,7 @@ def _log_pyfunc(export_dir: Path, catalogue: ItemCatalogue, history_len: int) ->
         python_model=make_pyfunc_model(history_len),
         artifacts={"saved_model": str(export_dir)},
         input_example=example,
+        # Declared rather than inferred: inference re-imports the model in a subprocess.
+        pip_requirements=_pip_requirements(),
     )
     mlflow.set_tag("export_dir", str(export_dir))

@@ -1,0 +1,208 @@
+"""Promotion gate: the challenger becomes champion only if it wins on the same holdout.
+
+Both the challenger and the *current* champion (alias read fresh: a person may have moved it)
+are re-scored on one holdout — logged numbers from older runs are not trusted, since they were
+measured on other data. With no champion yet, the challenger must beat MostPop on that holdout.
+A refusal stores its reason in the version's ``gate_reason`` tag.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from model_registry.registry import (
+    CHAMPION,
+    GATE_REASON_TAG,
+    ModelRef,
+    RegistryError,
+    client,
+    download_saved_model,
+    get_version,
+    resolve_alias,
+    set_champion,
+)
+from tasks.common import StageResult, get_logger, to_naive_utc
+from tasks.evaluate import LeaveLastSplit, MostPop, evaluate_baseline, leave_last_positive_split
+from tasks.features import HISTORY_LEN
+from tasks.settings import Settings
+
+log = get_logger("gate")
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """A leave-last-positive split plus the raw item features to score its catalogue."""
+
+    split: LeaveLastSplit
+    catalogue: object  # tasks.train.ItemCatalogue (kept untyped: tasks.train is heavy to import)
+    history_len: int = HISTORY_LEN
+
+
+@dataclass(frozen=True)
+class GateDecision(StageResult):
+    promoted: bool
+    reason: str
+    champion_version: int | None
+    challenger_version: int
+    metric: str
+    challenger_score: float
+    reference_score: float
+    reference: str
+
+
+# Scores one registered version on a holdout: returns rank metrics (HR@10, NDCG@10, ...).
+VersionScorer = Callable[[Settings, ModelRef, Holdout], dict[str, float]]
+
+
+def load_holdout(settings: Settings, interval_end: datetime | str | None = None) -> Holdout:
+    """The holdout from the recsys DB mirror: interactions before ``interval_end``."""
+    import pandas as pd
+    import sqlalchemy as sa
+
+    from tasks.db import get_engine
+    from tasks.features import item_features_from_frame
+    from tasks.schema import mirror_illusts, mirror_interactions
+    from tasks.train import ItemCatalogue
+
+    engine = get_engine(settings.recsys_db_url)
+    query = sa.select(
+        mirror_interactions.c.user_id,
+        mirror_interactions.c.illust_id,
+        mirror_interactions.c.label,
+        mirror_interactions.c.create_time,
+    )
+    if interval_end is not None:
+        query = query.where(mirror_interactions.c.create_time < to_naive_utc(interval_end))
+    with engine.connect() as conn:
+        interactions = pd.read_sql(query, conn)
+        illusts = pd.read_sql(sa.select(mirror_illusts), conn)
+    catalogue = ItemCatalogue.from_features(item_features_from_frame(illusts))
+    split = leave_last_positive_split(interactions, item_ids=catalogue.ids)
+    log.info(
+        "holdout: %d interactions before %s, %d test users",
+        len(interactions),
+        interval_end,
+        len(split.test_user_idx),
+    )
+    return Holdout(split=split, catalogue=catalogue)
+
+
+def score_saved_model(settings: Settings, ref: ModelRef, holdout: Holdout) -> dict[str, float]:
+    """Download the version's SavedModel and rank the holdout with its towers."""
+    import tensorflow as tf
+
+    from tasks.train import saved_model_towers, tower_scores
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = download_saved_model(settings, ref, Path(tmp))
+        user_fn, item_fn = saved_model_towers(tf.saved_model.load(str(path)))
+        return tower_scores(
+            holdout.split,
+            holdout.catalogue,  # type: ignore[arg-type]
+            user_fn,
+            item_fn,
+            history_len=holdout.history_len,
+        )
+
+
+def promote_if_better(
+    settings: Settings,
+    version: int,
+    *,
+    metric: str = "HR@10",
+    margin: float = 0.0,
+    holdout: Holdout | None = None,
+    scorer: VersionScorer = score_saved_model,
+) -> GateDecision:
+    """Promote ``version`` to champion iff it beats the current champion (or MostPop) by
+    more than ``margin`` on ``metric``, both scored on the same ``holdout``."""
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin!r}")
+    challenger = get_version(settings, version)
+    if holdout is None:
+        holdout = load_holdout(settings, challenger.tags.get("data_interval_end"))
+    if len(holdout.split.test_user_idx) == 0:
+        raise RegistryError("holdout has no test users: cannot compare models")
+    challenger_metrics = scorer(settings, challenger, holdout)
+    if metric not in challenger_metrics:
+        raise ValueError(f"metric {metric!r} not among {sorted(challenger_metrics)}")
+    challenger_score = challenger_metrics[metric]
+
+    champion = resolve_alias(settings, CHAMPION)  # fresh: the UI may have moved it
+    if champion is not None and champion.version == challenger.version:
+        return _refuse(
+            settings,
+            challenger,
+            champion,
+            metric,
+            challenger_score,
+            challenger_score,
+            f"v{version}",
+            f"v{version} is already champion",
+        )
+    if champion is None:
+        reference = "MostPop"
+        reference_score = evaluate_baseline(MostPop(), holdout.split)[metric]
+    else:
+        reference = f"champion v{champion.version}"
+        reference_score = scorer(settings, champion, holdout)[metric]
+
+    wins = challenger_score > reference_score + margin
+    verdict = "beats" if wins else "does not beat"
+    reason = (
+        f"{metric} {challenger_score:.4f} {verdict} {reference} {reference_score:.4f} "
+        f"+ margin {margin:g} on {len(holdout.split.test_user_idx)} holdout users"
+    )
+    if not wins:
+        return _refuse(
+            settings,
+            challenger,
+            champion,
+            metric,
+            challenger_score,
+            reference_score,
+            reference,
+            reason,
+        )
+    set_champion(settings, challenger.version, reason=reason)
+    log.info("promoted v%d: %s", challenger.version, reason)
+    return GateDecision(
+        promoted=True,
+        reason=reason,
+        champion_version=challenger.version,
+        challenger_version=challenger.version,
+        metric=metric,
+        challenger_score=challenger_score,
+        reference_score=reference_score,
+        reference=reference,
+    )
+
+
+def _refuse(
+    settings: Settings,
+    challenger: ModelRef,
+    champion: ModelRef | None,
+    metric: str,
+    challenger_score: float,
+    reference_score: float,
+    reference: str,
+    reason: str,
+) -> GateDecision:
+    client(settings).set_model_version_tag(
+        settings.registered_model_name, str(challenger.version), GATE_REASON_TAG, reason
+    )
+    log.info("not promoting v%d: %s", challenger.version, reason)
+    return GateDecision(
+        promoted=False,
+        reason=reason,
+        champion_version=champion.version if champion is not None else None,
+        challenger_version=challenger.version,
+        metric=metric,
+        challenger_score=challenger_score,
+        reference_score=reference_score,
+        reference=reference,
+    )

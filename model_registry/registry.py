@@ -1,0 +1,212 @@
+"""MLflow model registry operations: register, aliases, download, rollback, listing.
+
+Aliases are the only source of truth for "what is deployed": ``champion`` may be moved by
+the gate *or* by a person in the MLflow UI, so every function reads it fresh. Each promotion
+records the version it replaced in the ``previous_champion`` tag of the new champion, which
+is what :func:`rollback` follows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tasks.common import get_logger
+from tasks.settings import Settings
+
+log = get_logger("registry")
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PREVIOUS_CHAMPION_TAG = "previous_champion"
+GATE_REASON_TAG = "gate_reason"
+MODEL_ARTIFACT = "model"
+SAVED_MODEL_ARTIFACT = "saved_model"
+
+
+class RegistryError(ValueError):
+    """A registry request names something that does not exist or cannot be done."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One registered model version."""
+
+    version: int
+    run_id: str
+    source: str
+    aliases: tuple[str, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def client(settings: Settings) -> Any:
+    """An MlflowClient on the settings' tracking/registry store."""
+    import mlflow
+
+    return mlflow.MlflowClient(
+        tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri
+    )
+
+
+def _ref(version: Any) -> ModelRef:
+    return ModelRef(
+        version=int(version.version),
+        run_id=version.run_id or "",
+        source=version.source or "",
+        aliases=tuple(getattr(version, "aliases", []) or []),
+        tags=dict(version.tags or {}),
+    )
+
+
+def get_version(settings: Settings, version: int) -> ModelRef:
+    """The registered version ``version``, or :class:`RegistryError` naming it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client(settings).get_model_version(settings.registered_model_name, str(version))
+    except MlflowException as exc:
+        raise RegistryError(
+            f"{settings.registered_model_name} has no version {version!r}: {exc}"
+        ) from exc
+    return _ref(found)
+
+
+def register_challenger(settings: Settings, run_id: str) -> int:
+    """Register the run's logged model as a new version and point ``challenger`` at it.
+
+    Idempotent: a run already registered keeps its version (the alias is re-pointed).
+    Tags carry the run's data interval and its evaluation metrics.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client(settings)
+    try:
+        run = mlflow_client.get_run(run_id)
+    except MlflowException as exc:
+        raise RegistryError(f"unknown MLflow run {run_id!r}: {exc}") from exc
+    if run.info.status != "FINISHED":
+        raise RegistryError(f"run {run_id!r} is {run.info.status}, not FINISHED: not registering")
+    name = settings.registered_model_name
+    existing = [
+        v
+        for v in _search(settings)
+        if v.run_id == run_id and v.tags.get("registered_by") == "register_challenger"
+    ]
+    if existing:
+        version = existing[0].version
+        log.info("run %s already registered as %s v%d", run_id, name, version)
+    else:
+        mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+        tags = {
+            "registered_by": "register_challenger",
+            **{
+                k: v
+                for k, v in run.data.tags.items()
+                if k in ("data_interval_start", "data_interval_end", "export_dir")
+            },
+            **{f"metric.{k}": f"{v:.6f}" for k, v in run.data.metrics.items()},
+        }
+        created = mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT}", name, tags=tags)
+        version = int(created.version)
+        log.info("registered run %s as %s v%d", run_id, name, version)
+    mlflow_client.set_registered_model_alias(name, CHALLENGER, str(version))
+    return version
+
+
+def resolve_alias(settings: Settings, alias: str = CHAMPION) -> ModelRef | None:
+    """The version an alias points at right now, or None when it is unset."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client(settings).get_model_version_by_alias(settings.registered_model_name, alias)
+    except MlflowException:
+        return None
+    return _ref(found)
+
+
+def download_saved_model(settings: Settings, ref: ModelRef, dst: Path | str) -> Path:
+    """Download the version's SavedModel directory into ``dst`` and return its path."""
+    import mlflow
+
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    path = mlflow.artifacts.download_artifacts(
+        run_id=ref.run_id,
+        artifact_path=SAVED_MODEL_ARTIFACT,
+        dst_path=str(dst),
+        tracking_uri=settings.mlflow_tracking_uri,
+    )
+    out = Path(path)
+    if not (out / "saved_model.pb").exists():
+        raise RegistryError(f"version {ref.version} artifact {out} holds no saved_model.pb")
+    log.info("downloaded v%d SavedModel to %s", ref.version, out)
+    return out
+
+
+def set_champion(settings: Settings, version: int, *, reason: str) -> int | None:
+    """Point ``champion`` at ``version``, remembering the replaced champion; returns it."""
+    target = get_version(settings, version)
+    current = resolve_alias(settings, CHAMPION)
+    mlflow_client = client(settings)
+    name = settings.registered_model_name
+    previous = current.version if current is not None else None
+    if previous is not None and previous != target.version:
+        mlflow_client.set_model_version_tag(
+            name, str(target.version), PREVIOUS_CHAMPION_TAG, str(previous)
+        )
+    mlflow_client.set_model_version_tag(name, str(target.version), GATE_REASON_TAG, reason)
+    mlflow_client.set_registered_model_alias(name, CHAMPION, str(target.version))
+    log.info("champion -> v%d (was %s): %s", target.version, previous, reason)
+    return previous
+
+
+def rollback(settings: Settings) -> int:
+    """Make the previous champion (the current champion's ``previous_champion``) champion."""
+    current = resolve_alias(settings, CHAMPION)
+    if current is None:
+        raise RegistryError("no champion to roll back from")
+    previous = current.tags.get(PREVIOUS_CHAMPION_TAG)
+    if not previous:
+        raise RegistryError(f"champion v{current.version} has no previous champion recorded")
+    version = int(previous)
+    get_version(settings, version)
+    mlflow_client = client(settings)
+    name = settings.registered_model_name
+    mlflow_client.set_registered_model_alias(name, CHAMPION, str(version))
+    mlflow_client.set_model_version_tag(name, str(current.version), "rolled_back_to", str(version))
+    log.info("rolled back champion v%d -> v%d", current.version, version)
+    return version
+
+
+def _search(settings: Settings) -> list[ModelRef]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client(settings).search_model_versions(f"name = '{settings.registered_model_name}'")
+    except MlflowException:
+        return []
+    return sorted((_ref(v) for v in found), key=lambda r: r.version)
+
+
+def list_versions(settings: Settings) -> list[ModelRef]:
+    """Every version, oldest first, with its aliases (read fresh) and tags."""
+    refs = _search(settings)
+    # search results may omit aliases on some stores: fill them from the live alias lookup.
+    live: dict[int, list[str]] = {}
+    for alias in (CHAMPION, CHALLENGER):
+        ref = resolve_alias(settings, alias)
+        if ref is not None:
+            live.setdefault(ref.version, []).append(alias)
+    return [
+        ModelRef(
+            version=r.version,
+            run_id=r.run_id,
+            source=r.source,
+            aliases=tuple(sorted(set(r.aliases) | set(live.get(r.version, [])))),
+            tags=r.tags,
+        )
+        for r in refs
+    ]

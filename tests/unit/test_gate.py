@@ -1,0 +1,138 @@
+"""Promotion gate against a real MLflow registry (sqlite under tmp_path).
+
+Model scoring is injected (a table of HR@10 per version) so these tests check the gate's
+decisions, not TensorFlow; the MostPop reference is computed for real on a tiny holdout.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pandas as pd
+import pytest
+
+from model_registry.gate import Holdout, promote_if_better
+from model_registry.registry import (
+    CHAMPION,
+    RegistryError,
+    list_versions,
+    resolve_alias,
+    rollback,
+)
+from tasks.evaluate import leave_last_positive_split
+
+
+def tiny_holdout() -> Holdout:
+    """12 test users: train positive item 1, test item 100+u (never bookmarked before).
+    Background users 50..60 each bookmark one of items 2..12, so 11 unseen items have
+    popularity 1 > 0 = the test item's: MostPop rank 11 for everyone -> MostPop HR@10 = 0."""
+    t0 = datetime(2024, 1, 1)
+    rows = []
+    for u in range(1, 13):
+        rows += [(u, 1, 1, t0), (u, 100 + u, 1, t0 + timedelta(days=1))]
+    rows += [(50 + k, 2 + k, 1, t0) for k in range(11)]
+    frame = pd.DataFrame(rows, columns=["user_id", "illust_id", "label", "create_time"])
+    return Holdout(split=leave_last_positive_split(frame), catalogue=None)
+
+
+def make_versions(settings, n: int) -> list[int]:  # type: ignore[no-untyped-def]
+    import mlflow
+
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
+    client.create_registered_model(settings.registered_model_name)
+    experiment = client.create_experiment("gate-test")
+    versions = []
+    for _ in range(n):
+        run = client.create_run(experiment)
+        client.set_terminated(run.info.run_id)
+        created = client.create_model_version(
+            settings.registered_model_name,
+            source=f"runs:/{run.info.run_id}/model",
+            run_id=run.info.run_id,
+        )
+        versions.append(int(created.version))
+    return versions
+
+
+def scorer_from(table: dict[int, float]):  # type: ignore[no-untyped-def]
+    def score(settings, ref, holdout):  # type: ignore[no-untyped-def]
+        return {"HR@10": table[ref.version], "NDCG@10": table[ref.version] / 2}
+
+    return score
+
+
+def test_mostpop_reference_is_zero_on_the_tiny_holdout() -> None:
+    from tasks.evaluate import MostPop, evaluate_baseline
+
+    assert evaluate_baseline(MostPop(), tiny_holdout().split)["HR@10"] == 0.0
+
+
+def test_gate_first_champion_must_beat_mostpop(settings) -> None:  # type: ignore[no-untyped-def]
+    v1, v2 = make_versions(settings, 2)
+    holdout = tiny_holdout()
+    refused = promote_if_better(
+        settings, v1, holdout=holdout, scorer=scorer_from({v1: 0.0, v2: 0.3})
+    )
+    assert not refused.promoted and refused.reference == "MostPop"
+    assert resolve_alias(settings, CHAMPION) is None
+    tags = {r.version: r.tags for r in list_versions(settings)}
+    assert "does not beat MostPop" in tags[v1]["gate_reason"]
+
+    decision = promote_if_better(
+        settings, v2, holdout=holdout, scorer=scorer_from({v1: 0.0, v2: 0.3})
+    )
+    assert decision.promoted and decision.champion_version == v2
+    assert resolve_alias(settings, CHAMPION).version == v2
+
+
+@pytest.mark.parametrize(
+    ("challenger_hr", "margin", "promoted"),
+    [(0.6, 0.0, True), (0.4, 0.0, False), (0.5, 0.0, False), (0.55, 0.1, False)],
+)
+def test_gate_against_champion(settings, challenger_hr, margin, promoted) -> None:  # type: ignore[no-untyped-def]
+    """Champion v1 scores 0.5 on the holdout: better wins, worse/equal/within margin lose."""
+    v1, v2 = make_versions(settings, 2)
+    scorer = scorer_from({v1: 0.5, v2: challenger_hr})
+    holdout = tiny_holdout()
+    assert promote_if_better(settings, v1, holdout=holdout, scorer=scorer).promoted
+    decision = promote_if_better(settings, v2, holdout=holdout, margin=margin, scorer=scorer)
+    assert decision.promoted is promoted
+    assert decision.reference == f"champion v{v1}"
+    assert decision.reference_score == 0.5
+    assert resolve_alias(settings, CHAMPION).version == (v2 if promoted else v1)
+    if not promoted:
+        gate_reason = {r.version: r.tags for r in list_versions(settings)}[v2]["gate_reason"]
+        assert gate_reason == decision.reason and "does not beat champion v1" in gate_reason
+
+
+def test_gate_reads_champion_fresh_and_rollback(settings) -> None:  # type: ignore[no-untyped-def]
+    """A person moves champion to v3 in the UI; the gate compares v2 with v3, not v1."""
+    import mlflow
+
+    v1, v2, v3 = make_versions(settings, 3)
+    scorer = scorer_from({v1: 0.2, v2: 0.5, v3: 0.7})
+    holdout = tiny_holdout()
+    assert promote_if_better(settings, v1, holdout=holdout, scorer=scorer).promoted
+    mlflow.MlflowClient(settings.mlflow_tracking_uri).set_registered_model_alias(
+        settings.registered_model_name, CHAMPION, str(v3)
+    )
+    decision = promote_if_better(settings, v2, holdout=holdout, scorer=scorer)
+    assert not decision.promoted and decision.reference == f"champion v{v3}"
+
+    # v1 -> v2 through the gate, then roll back to v1.
+    mlflow.MlflowClient(settings.mlflow_tracking_uri).set_registered_model_alias(
+        settings.registered_model_name, CHAMPION, str(v1)
+    )
+    assert promote_if_better(settings, v2, holdout=holdout, scorer=scorer).promoted
+    assert rollback(settings) == v1
+    assert resolve_alias(settings, CHAMPION).version == v1
+    with pytest.raises(RegistryError, match="no previous champion"):
+        rollback(settings)
+
+
+def test_gate_unknown_version_and_bad_margin(settings) -> None:  # type: ignore[no-untyped-def]
+    (v1,) = make_versions(settings, 1)
+    with pytest.raises(RegistryError, match="99"):
+        promote_if_better(settings, 99, holdout=tiny_holdout(), scorer=scorer_from({}))
+    with pytest.raises(ValueError, match="-0.1"):
+        promote_if_better(settings, v1, margin=-0.1, holdout=tiny_holdout(), scorer=scorer_from({}))
