@@ -185,3 +185,39 @@ def test_cli_generate_and_load_write_the_replica(
     assert cli_main(["load", "--format", "ml-100k", str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
     assert read_business_counts(settings.replica_url)["users"] == 30  # untouched by the failure
+
+
+@pytest.mark.mariadb
+def test_load_data_path_round_trips_and_stays_atomic(
+    mariadb_database: str, frames: BusinessFrames, other_frames: BusinessFrames
+) -> None:
+    assert "local_infile=1" in mariadb_database
+    counts = write_business_frames(frames, mariadb_database, load_data=True)
+    assert counts == frames.row_counts()
+    _check_round_trip(mariadb_database, frames)
+    # LOCAL loads skip duplicate keys with a warning; the writer turns that into an error.
+    with pytest.raises(datasets.BulkLoadError, match="Duplicate"):
+        write_business_frames(
+            _with_duplicate_illust(other_frames), mariadb_database, load_data=True
+        )
+    _check_round_trip(mariadb_database, frames)
+    tables = set(sa.inspect(get_engine(mariadb_database)).get_table_names())
+    assert tables == {"users", "illusts", "interactions", "follows"}
+
+
+def test_load_data_needs_mysql(tmp_path: Path, frames: BusinessFrames) -> None:
+    with pytest.raises(ValueError, match="load_data=True needs a MySQL"):
+        write_business_frames(frames, f"sqlite:///{tmp_path / 'r.db'}", load_data=True)
+
+
+@pytest.mark.mariadb
+def test_load_data_escapes_special_characters_and_nulls(
+    mariadb_database: str, frames: BusinessFrames
+) -> None:
+    users = frames.users.head(4).copy()
+    users["username"] = ["tab\there", "back\\slash", "new\nline", None]
+    tricky = BusinessFrames(users, frames.illusts, frames.interactions, frames.follows)
+    write_business_frames(tricky, mariadb_database, load_data=True)
+    back = _read_table(mariadb_database, "users").sort_values("user_id", ignore_index=True)
+    assert back["username"].tolist()[:3] == ["tab\there", "back\\slash", "new\nline"]
+    assert back["username"].isna().tolist() == [False, False, False, True]
