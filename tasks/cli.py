@@ -20,6 +20,10 @@ from tasks.generate import GeneratorConfig, generate_frames
 from tasks.loaders import DATASET_FORMATS, read_dataset
 from tasks.settings import load_settings
 
+LOAD_DATA_HELP = (
+    "MySQL/MariaDB only: bulk-load with LOAD DATA LOCAL INFILE (URL needs local_infile=1)"
+)
+
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -31,7 +35,9 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and ``--help``)."""
     defaults = GeneratorConfig()
-    parser = argparse.ArgumentParser(prog="recsys-data", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="recsys-data", description="Seed the business replica (synthetic or MovieLens data)."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -47,11 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--views-per-user", type=float, default=defaults.views_per_user, help="mean views per user"
     )
     gen.add_argument("--replica-url", default=None, help="SQLAlchemy URL (default: settings)")
+    gen.add_argument("--load-data", action="store_true", help=LOAD_DATA_HELP)
 
     load = commands.add_parser("load", help="write a MovieLens data set on disk to the replica")
     load.add_argument("--format", dest="fmt", required=True, choices=DATASET_FORMATS)
     load.add_argument("path", help="the data set's folder (or one of its files)")
     load.add_argument("--replica-url", default=None, help="SQLAlchemy URL (default: settings)")
+    load.add_argument("--load-data", action="store_true", help=LOAD_DATA_HELP)
     return parser
 
 
@@ -85,7 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"recsys-data {args.command}: {exc}", file=sys.stderr)
         return 2
-    counts = write_business_frames(frames, replica_url)
+    try:
+        counts = write_business_frames(frames, replica_url, load_data=args.load_data)
+    except ValueError as exc:
+        print(f"recsys-data {args.command}: {exc}", file=sys.stderr)
+        return 2
     target = replica_url.split("@")[-1] if "@" in replica_url else replica_url
     print(
         f"{args.command}: wrote "
