@@ -129,12 +129,19 @@ def test_bad_rows_fail_the_run_and_are_picked_up_after_the_fix(
         conn.execute(sa.update(interactions).where(interactions.c.label == 7).values(label=1))
     fixed = run_dag("recsys_extract_validate", conf=span)
     assert fixed.ok, fixed.task_states
+    from tasks.schema import mirror_interactions as mi
+
     with get_engine(settings.recsys_db_url).connect() as conn:
         picked = conn.execute(
-            sa.text("SELECT COUNT(*) FROM mirror_interactions WHERE create_time = :t"),
-            {"t": bad_time},
+            sa.select(mi.c.label).where(
+                mi.c.create_time == bad_time, mi.c.user_id == first["user_id"]
+            )
+        ).all()
+        open_quarantine = conn.execute(
+            sa.text("SELECT COUNT(*) FROM quarantine WHERE resolved_run_id IS NULL")
         ).scalar_one()
-    assert picked == 1
+    assert [tuple(r) for r in picked] == [(1,)]
+    assert open_quarantine == 0
 
 
 def _utc():  # type: ignore[no-untyped-def]
