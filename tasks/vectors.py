@@ -102,6 +102,9 @@ def alias_target(client: Any, alias: str = ITEMS_ALIAS) -> str | None:
     from pymilvus.exceptions import MilvusException
 
     try:
+        # Listing first avoids pymilvus logging a traceback for the expected "no alias yet".
+        if alias not in client.list_aliases().get("aliases", []):
+            return None
         return client.describe_alias(alias).get("collection_name")
     except MilvusException as exc:
         if "does not exist" in str(exc) or "not found" in str(exc):

@@ -1,0 +1,245 @@
+"""Bench: online API latency with wrk on loopback vs the same lookups called directly.
+
+Prepares a small dataset in a temporary RECSYS_HOME (generator -> mirror tables -> fixture
+two-tower SavedModel, dim 64 -> deploy -> refresh (flushed, indexed, loaded Milvus Lite
+collection behind alias ``items``) -> precompute top-N for recently active users), then runs
+uvicorn with the app on 127.0.0.1 (in this process: Milvus Lite serves one process) and loads
+it with ``wrk`` (installed with apt-get if missing), one connection, for:
+
+* the real-time path: users without a precomputed list (user vector -> ANN + channels);
+* the precomputed path: users with a fresh sorted set.
+
+Floor, same run: the real-time path's core lookups called directly in Python (KV mget of the
+user's vector and seen list + ANN search on the alias), one after another. ratio = real-time
+API p99 / direct p99 (lower is better), target 1.5. Last stdout line: one JSON object.
+
+    .venv/bin/python bench/api_latency.py [--duration 10] [--k 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _ensure_wrk() -> str:
+    path = shutil.which("wrk")
+    if path:
+        return path
+    subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, capture_output=True)
+    path = shutil.which("wrk")
+    if not path:
+        raise RuntimeError("wrk is not installed and apt-get install wrk did not provide it")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def _parse_wrk(output: str) -> dict[str, float]:
+    """p50/p99 (ms), requests/s and error counts from ``wrk --latency`` output."""
+    out: dict[str, float] = {}
+    for pct in ("50", "99"):
+        match = re.search(rf"^\s*{pct}(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
+        if not match:
+            raise RuntimeError(f"no {pct}% latency in wrk output:\n{output}")
+        out[f"p{pct}_ms"] = float(match.group(1)) * _UNITS[match.group(2)]
+    out["requests_per_s"] = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    total = re.search(r"(\d+) requests in", output)
+    out["requests"] = float(total.group(1)) if total else 0.0
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    out["non_2xx"] = float(non2xx.group(1)) if non2xx else 0.0
+    return out
+
+
+def _run_wrk(
+    wrk: str, url: str, paths: list[str], duration: int, workdir: Path
+) -> dict[str, float]:
+    script = workdir / f"paths_{abs(hash(tuple(paths)))}.lua"
+    lua_paths = ", ".join(f'"{p}"' for p in paths)
+    script.write_text(
+        f"paths = {{{lua_paths}}}\ni = 0\n"
+        "request = function()\n  i = i + 1\n"
+        '  return wrk.format("GET", paths[(i % #paths) + 1])\nend\n'
+    )
+    result = subprocess.run(
+        [wrk, "-t1", "-c1", f"-d{duration}s", "--latency", "-s", str(script), url],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return _parse_wrk(result.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--illusts", type=int, default=5000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--direct-calls", type=int, default=2000)
+    parser.add_argument(
+        "--precompute-days",
+        type=float,
+        default=0.25,
+        help="users active in this last window get a precomputed list; the rest are real-time",
+    )
+    parser.add_argument("--kv-url", default=None, help="default: the embedded file KV")
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    wrk = _ensure_wrk()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        os.environ["RECSYS_HOME"] = str(home)
+        from tasks.db import get_engine
+        from tasks.deploy import deploy_saved_model
+        from tasks.generate import GeneratorConfig, generate_frames
+        from tasks.precompute import precompute_topn
+        from tasks.serving import HashModelSpec, export_hash_two_tower, write_mirror_frames
+        from tasks.settings import load_settings
+        from tasks.vectors import refresh_vectors
+
+        settings = load_settings(home)
+        if args.kv_url:
+            settings = settings.replace(kv_url=args.kv_url)
+        frames = generate_frames(
+            GeneratorConfig(
+                n_users=args.users,
+                n_illusts=args.illusts,
+                n_artists=max(args.illusts // 25, 10),
+                days=14,
+                seed=args.seed,
+            )
+        )
+        write_mirror_frames(get_engine(settings.recsys_db_url), frames)
+        model_dir = export_hash_two_tower(
+            home / "export", HashModelSpec(dim=args.dim, buckets=4099)
+        )
+        deploy_saved_model(settings, 1, model_dir)
+        refreshed = refresh_vectors(settings)
+        pre = precompute_topn(settings, n=100, active_days=args.precompute_days)
+        ns = refreshed.kv_namespace
+
+        import uvicorn
+
+        from api.app import create_app
+
+        app = create_app(settings)
+        port = _free_port()
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start in 60 s")
+            time.sleep(0.1)
+        state = app.state.serving
+        kv, milvus = state.kv, state.milvus
+        topn_users = sorted({int(k.rsplit(":", 1)[1]) for k in kv.scan_keys(f"{ns}:topn:")})
+        vec_users = {int(k.rsplit(":", 1)[1]) for k in kv.scan_keys(f"{ns}:user_vec:")}
+        realtime_users = sorted(vec_users - set(topn_users))
+        if not realtime_users or not topn_users:
+            raise RuntimeError(
+                f"need both user kinds: {len(realtime_users)} real-time, {len(topn_users)} precomputed"
+            )
+        url = f"http://127.0.0.1:{port}"
+
+        import httpx
+
+        sample = httpx.get(f"{url}/recommend/{realtime_users[0]}", params={"k": args.k}).json()
+        assert sample["source"] == "realtime" and not sample["degraded"], sample
+        sample = httpx.get(f"{url}/recommend/{topn_users[0]}", params={"k": args.k}).json()
+        assert sample["source"] == "precomputed", sample
+
+        workdir = home / "wrk"
+        workdir.mkdir()
+        rt_paths = [f"/recommend/{u}?k={args.k}" for u in realtime_users]
+        pc_paths = [f"/recommend/{u}?k={args.k}" for u in topn_users]
+        _run_wrk(wrk, url, rt_paths, 2, workdir)  # warm-up
+        realtime = _run_wrk(wrk, url, rt_paths, args.duration, workdir)
+        precomputed = _run_wrk(wrk, url, pc_paths, args.duration, workdir)
+
+        from tasks.recall import decode_ids, decode_vector
+
+        def direct(user: int) -> int:
+            raw_vec, raw_seen = kv.mget([f"{ns}:user_vec:{user}", f"{ns}:seen:{user}"])
+            vec = decode_vector(raw_vec)
+            seen = decode_ids(raw_seen)
+            hits = milvus.search(
+                "items",
+                data=[np.asarray(vec).tolist()],
+                limit=args.k + len(seen),
+                anns_field="embedding",
+                output_fields=[],
+            )
+            return len(hits[0])
+
+        for user in realtime_users[:50]:
+            direct(user)
+        latencies = []
+        start_all = time.perf_counter()
+        for i in range(args.direct_calls):
+            user = realtime_users[i % len(realtime_users)]
+            start = time.perf_counter()
+            direct(user)
+            latencies.append((time.perf_counter() - start) * 1000)
+        direct_s = time.perf_counter() - start_all
+        server.should_exit = True
+        thread.join(timeout=30)
+
+    lat = np.array(latencies)
+    direct_stats = {
+        "p50_ms": round(float(np.percentile(lat, 50)), 3),
+        "p99_ms": round(float(np.percentile(lat, 99)), 3),
+        "requests_per_s": round(args.direct_calls / direct_s, 1),
+    }
+    print(
+        json.dumps(
+            {
+                "bench": "api_latency",
+                "ratio": round(realtime["p99_ms"] / direct_stats["p99_ms"], 3),
+                "target": 1.5,
+                "lower_is_better": True,
+                "realtime_api": {k: round(v, 3) for k, v in realtime.items()},
+                "precomputed_api": {k: round(v, 3) for k, v in precomputed.items()},
+                "direct_kv_ann": direct_stats,
+                "k": args.k,
+                "users_realtime": len(realtime_users),
+                "users_precomputed": len(topn_users),
+                "precomputed_users_written": pre.n_users,
+                "illusts": refreshed.n_items,
+                "dim": refreshed.dim,
+                "kv": "redis" if args.kv_url else "file",
+                "wrk": "-t1 -c1 --latency, loopback",
+                "duration_s": args.duration,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
