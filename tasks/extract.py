@@ -20,7 +20,9 @@ missed. A dimension table seen for the first time (no watermark) is read in full
 start of the earliest interval extracted), so re-running the first interval reads the same
 rows again. Interactions always start at ``start - overlap``.
 
-Rows land in ``staging_<table>`` keyed by the data interval; a re-run replaces that
+Rows land in ``staging_<table>`` keyed by the data interval (``row_seq`` numbers them in
+arrival order, which a re-run may change: the replica is read without ORDER BY so the scan
+stays cheap; nothing downstream depends on it); a re-run replaces that
 interval's staging rows in one transaction (together with the watermark), so re-runs and
 backfills are idempotent. Mirror tables are written by validation (``tasks.validate``),
 which upserts good rows by primary key: N backfilled intervals give the same mirror as one
@@ -176,9 +178,13 @@ def _window(column: sa.ColumnElement[Any], lower: datetime | None, end: datetime
     return condition if lower is None else sa.and_(column >= lower, condition)
 
 
-def replica_select(table_name: str, lower: datetime | None, end: datetime) -> sa.Select:
-    """The SELECT that reads ``table_name``'s rows for the window ``[lower, end)``."""
-    table = schema.BUSINESS_TABLES[table_name]
+def replica_select(
+    table_name: str, lower: datetime | None, end: datetime, *, table: sa.Table | None = None
+) -> sa.Select:
+    """The SELECT that reads ``table_name``'s rows for the window ``[lower, end)``
+    (``table``: the same table under another schema, for server-side copies)."""
+    if table is None:
+        table = schema.BUSINESS_TABLES[table_name]
     if table_name == "illusts":
         where = sa.or_(
             _window(table.c.update_time, lower, end), _window(table.c.create_time, lower, end)
@@ -218,12 +224,15 @@ def extract_interval(
     lag_wait_s: float = 60.0,
     lag_poll_s: float = 5.0,
     tables: tuple[str, ...] = EXTRACT_ORDER,
+    server_side_copy: bool | None = None,
 ) -> ExtractResult:
     """Copy the interval's replica rows into ``staging_<table>`` and advance the watermarks.
 
     Streams with a server-side cursor (``batch_size`` rows at a time); each table's staging
     rows and watermark are replaced in one recsys-DB transaction. Idempotent.
     ``allow_no_replication`` defaults to env ``RECSYS_ALLOW_NO_REPLICATION`` (on).
+    ``server_side_copy`` (default: when replica and recsys DB are one MySQL server and
+    account) copies with ``INSERT ... SELECT`` instead of streaming through Python.
     """
     start, end = check_interval(interval_start, interval_end)
     if batch_size <= 0:
@@ -263,6 +272,7 @@ def extract_interval(
             run_id=run_id,
             batch_size=batch_size,
             overlap=overlap,
+            server_side_copy=server_side_copy,
         )
         counts[table_name] = n
         lowers[table_name] = lower.isoformat() if lower else None
@@ -289,13 +299,22 @@ def _extract_table(
     run_id: str,
     batch_size: int,
     overlap: timedelta,
+    server_side_copy: bool | None,
 ) -> tuple[int, datetime | None]:
     staging = schema.STAGING_TABLES[table_name]
     marks = schema.watermarks
-    business_columns = [c.name for c in schema.BUSINESS_TABLES[table_name].columns]
-    columns = ["data_interval_start", "data_interval_end", "row_seq", *business_columns, "run_id"]
-    insert = sa.insert(staging)
-    with recsys.begin() as out:
+    mysql = recsys.dialect.name in ("mysql", "mariadb")
+    same_server = mysql and _same_mysql_server(replica.url, recsys.url)
+    if server_side_copy is None:
+        server_side_copy = same_server
+    elif server_side_copy and not same_server:
+        raise ValueError(
+            f"server_side_copy needs replica and recsys DB on one MySQL server, got "
+            f"{replica.url.render_as_string()} and {recsys.url.render_as_string()}"
+        )
+    # READ COMMITTED: an INSERT ... SELECT must not hold shared locks on replica rows.
+    options = {"isolation_level": "READ COMMITTED"} if mysql else {}
+    with recsys.connect().execution_options(**options) as out, out.begin():
         mark = out.execute(
             sa.select(marks.c.high_water, marks.c.low_water).where(marks.c.table_name == table_name)
         ).first()
@@ -306,17 +325,14 @@ def _extract_table(
                 staging.c.data_interval_start == start, staging.c.data_interval_end == end
             )
         )
-        query = replica_select(table_name, lower, end)
-        written = 0
-        with replica.connect() as source:
-            result = source.execution_options(stream_results=True, yield_per=batch_size).execute(
-                query
+        if server_side_copy:
+            written = _copy_server_side(out, replica, table_name, lower, start, end, run_id)
+            how = "server-side INSERT ... SELECT"
+        else:
+            written = _copy_streamed(
+                replica, out, table_name, lower, start, end, run_id, batch_size, mysql
             )
-            for batch_no, batch in enumerate(result.partitions(batch_size), start=1):
-                rows = [(start, end, written + i, *row, run_id) for i, row in enumerate(batch)]
-                written += bulk_execute(out, insert, columns, rows)
-                if batch_no % 20 == 0:
-                    log.info("%s: %d rows staged so far", table_name, written)
+            how = f"streamed in batches of {batch_size}"
         new_mark = end if high_water is None else max(high_water, end)
         new_low = start if low_water is None else min(low_water, start)
         out.execute(sa.delete(marks).where(marks.c.table_name == table_name))
@@ -324,13 +340,181 @@ def _extract_table(
             sa.insert(marks).values(table_name=table_name, high_water=new_mark, low_water=new_low)
         )
     log.info(
-        "%s: read %d rows from replica window [%s, %s) into %s; watermark %s -> %s",
-        table_name,
-        written,
-        lower,
-        end,
-        staging.name,
-        high_water,
-        new_mark,
-    )
+        "%s: read %d rows from replica window [%s, %s) into %s (%s); watermark %s -> %s",
+        table_name, written, lower, end, staging.name, how, high_water, new_mark,
+    )  # fmt: skip
     return written, lower
+
+
+def _same_mysql_server(a: sa.URL, b: sa.URL) -> bool:
+    """Both URLs reach one MySQL server as one account (so one connection sees both DBs)."""
+    if a.get_backend_name() not in ("mysql", "mariadb") or a.get_backend_name() != (
+        b.get_backend_name()
+    ):
+        return False
+    return (a.host or "localhost", a.port or 3306, a.username, a.password) == (
+        b.host or "localhost",
+        b.port or 3306,
+        b.username,
+        b.password,
+    ) and bool(a.database)
+
+
+def _copy_server_side(
+    out: sa.Connection,
+    replica: sa.Engine,
+    table_name: str,
+    lower: datetime | None,
+    start: datetime,
+    end: datetime,
+    run_id: str,
+) -> int:
+    """Replica and recsys DB share a server: copy with one INSERT ... SELECT (no round trip
+    of every row through Python)."""
+    source = schema.BUSINESS_TABLES[table_name].to_metadata(
+        sa.MetaData(), schema=replica.url.database
+    )
+    query = replica_select(table_name, lower, end, table=source)
+    columns = [c.name for c in source.columns]
+    staging = schema.STAGING_TABLES[table_name]
+    inner = query.subquery()
+    select = sa.select(
+        sa.literal(start, sa.DateTime),
+        sa.literal(end, sa.DateTime),
+        sa.func.row_number().over() - 1,
+        *[inner.c[c] for c in columns],
+        sa.literal(run_id, sa.String),
+    )
+    target = ["data_interval_start", "data_interval_end", "row_seq", *columns, "run_id"]
+    result = out.execute(sa.insert(staging).from_select(target, select))
+    return int(result.rowcount)
+
+
+def _copy_streamed(
+    replica: sa.Engine,
+    out: sa.Connection,
+    table_name: str,
+    lower: datetime | None,
+    start: datetime,
+    end: datetime,
+    run_id: str,
+    batch_size: int,
+    mysql: bool,
+) -> int:
+    """Stream the window with a server-side cursor, ``batch_size`` rows at a time, into
+    staging. On MySQL a writer thread sends multi-row INSERTs while the next batch is read
+    (the driver releases the GIL while the server works)."""
+    staging = schema.STAGING_TABLES[table_name]
+    business = list(schema.BUSINESS_TABLES[table_name].columns)
+    query = replica_select(table_name, lower, end)
+    writer = _MysqlWriter(out, staging, business, start, end, run_id) if mysql else None
+    columns = ["data_interval_start", "data_interval_end", "row_seq"]
+    columns += [c.name for c in business] + ["run_id"]
+    insert = sa.insert(staging)
+    written = 0
+    try:
+        with replica.connect() as source:
+            result = source.execution_options(stream_results=True, yield_per=batch_size).execute(
+                query
+            )
+            for batch_no, batch in enumerate(result.partitions(batch_size), start=1):
+                if writer is not None:
+                    written += writer.send(written, batch)
+                else:
+                    rows = [(start, end, written + i, *row, run_id) for i, row in enumerate(batch)]
+                    written += bulk_execute(out, insert, columns, rows)
+                if batch_no % 20 == 0:
+                    log.info("%s: %d rows staged so far", table_name, written)
+    finally:
+        if writer is not None:
+            writer.close()
+    return written
+
+
+class _MysqlWriter:
+    """Formats batches as multi-row INSERT literals and runs them on a background thread.
+
+    Values are rendered per column type: integers with ``int()``, datetimes as quoted ISO
+    text, everything else through the driver's ``escape_string`` (honours the connection's
+    charset and SQL mode). Errors from the thread are re-raised by ``send``/``close``.
+    """
+
+    def __init__(
+        self,
+        out: sa.Connection,
+        staging: sa.Table,
+        business: list[sa.Column[Any]],
+        start: datetime,
+        end: datetime,
+        run_id: str,
+    ) -> None:
+        import queue
+        import threading
+
+        from tasks.db import MYSQL_MAX_STATEMENT_BYTES
+
+        self._dbapi = out.connection.dbapi_connection
+        self._max_bytes = MYSQL_MAX_STATEMENT_BYTES
+        names = ", ".join(
+            f"`{n}`"
+            for n in ["data_interval_start", "data_interval_end", "row_seq"]
+            + [c.name for c in business]
+            + ["run_id"]
+        )
+        self._head = f"INSERT INTO `{staging.name}` ({names}) VALUES "
+        self._prefix = f"('{start.isoformat(' ')}','{end.isoformat(' ')}',"
+        self._suffix = f",{self._text(run_id)})"
+        self._formats = [self._formatter(c.type) for c in business]
+        self._queue: queue.Queue[str | None] = queue.Queue(maxsize=3)
+        self._errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, name="staging-writer", daemon=True)
+        self._thread.start()
+
+    def _text(self, value: object) -> str:
+        escaped = self._dbapi.escape_string(str(value))
+        return "'" + (escaped.decode() if isinstance(escaped, bytes) else escaped) + "'"
+
+    def _formatter(self, column_type: sa.types.TypeEngine[Any]) -> Callable[[Any], str]:
+        if isinstance(column_type, sa.Integer):
+            return lambda v: "NULL" if v is None else str(int(v))
+        if isinstance(column_type, sa.DateTime):
+            return lambda v: "NULL" if v is None else f"'{v.isoformat(' ')}'"
+        return lambda v: "NULL" if v is None else self._text(v)
+
+    def _run(self) -> None:
+        cursor = self._dbapi.cursor()
+        try:
+            while (sql := self._queue.get()) is not None:
+                if not self._errors:
+                    try:
+                        cursor.execute(sql)
+                    except BaseException as exc:  # re-raised on the caller's thread
+                        self._errors.append(exc)
+        finally:
+            cursor.close()
+
+    def _raise(self) -> None:
+        if self._errors:
+            raise self._errors[0]
+
+    def send(self, first_seq: int, batch: Any) -> int:
+        self._raise()
+        formats, prefix, suffix = self._formats, self._prefix, self._suffix
+        parts: list[str] = []
+        size = 0
+        for offset, row in enumerate(batch):
+            values = ",".join([f(v) for f, v in zip(formats, row, strict=True)])
+            part = f"{prefix}{first_seq + offset},{values}{suffix}"
+            parts.append(part)
+            size += len(part) + 1
+            if size >= self._max_bytes:
+                self._queue.put(self._head + ",".join(parts))
+                parts, size = [], 0
+        if parts:
+            self._queue.put(self._head + ",".join(parts))
+        return len(batch)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._raise()

@@ -19,9 +19,8 @@ DAY = timedelta(days=1)
 
 
 def tags_json(*names: str) -> str:
-    return json.dumps(
-        [{"name": n, "translatedName": n.upper(), "id": i} for i, n in enumerate(names)]
-    )
+    tags = [{"name": n, "translatedName": n.upper(), "id": i} for i, n in enumerate(names)]
+    return json.dumps(tags, ensure_ascii=False)
 
 
 def tiny_world() -> dict[str, list[dict[str, Any]]]:

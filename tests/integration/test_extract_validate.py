@@ -20,7 +20,14 @@ from tasks.db import get_engine
 from tasks.extract import ReplicaLagError, extract_interval, read_replica_status
 from tasks.validate import DataValidationError, validate_interval
 from tests.conftest import MARIADB_ROOT_URL
-from tests.integration.extract_data import DAY, DAY0, seed_replica, table_rows, tiny_world
+from tests.integration.extract_data import (
+    DAY,
+    DAY0,
+    seed_replica,
+    table_rows,
+    tags_json,
+    tiny_world,
+)
 
 BACKENDS = ["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)]
 
@@ -93,12 +100,14 @@ def test_rerun_is_idempotent(make_settings) -> None:  # type: ignore[no-untyped-
     s = make_settings(tiny_world())
     first = _run(s, DAY0, DAY0 + DAY, "run1")
     engine = get_engine(s.recsys_db_url)
-    staging_before = table_rows(engine, schema.STAGING_TABLES["interactions"], exclude=("run_id",))
+    staging_before = table_rows(
+        engine, schema.STAGING_TABLES["interactions"], exclude=("run_id", "row_seq")
+    )
     mirror_before = _mirror(s)
     second = _run(s, DAY0, DAY0 + DAY, "run1-retry")
     assert _mirror(s) == mirror_before
     assert (
-        table_rows(engine, schema.STAGING_TABLES["interactions"], exclude=("run_id",))
+        table_rows(engine, schema.STAGING_TABLES["interactions"], exclude=("run_id", "row_seq"))
         == staging_before
     )
     assert first.rows_read == second.rows_read
@@ -271,3 +280,31 @@ def test_replica_is_read_only_and_not_replicating(
         with admin.begin() as conn:
             conn.execute(sa.text(f"DROP USER IF EXISTS '{user}'@'%'"))
         admin.dispose()
+
+
+@pytest.mark.mariadb
+def test_streamed_and_server_side_copies_agree(make_settings, request) -> None:  # type: ignore[no-untyped-def]
+    if "mariadb" not in request.node.callspec.id:
+        pytest.skip("both copy paths exist on MySQL/MariaDB only")
+    world = tiny_world()
+    world["illusts"][0]["tags"] = tags_json("it's", 'back\\slash "quoted"', "猫 🐈", "%s")
+    world["users"][0]["username"] = "O'Brien\\"
+    a, b = make_settings(world, "streamed"), make_settings(world, "server")
+    ra = extract_interval(a, DAY0, DAY0 + 2 * DAY, run_id="r", server_side_copy=False, batch_size=7)
+    rb = extract_interval(b, DAY0, DAY0 + 2 * DAY, run_id="r", server_side_copy=True)
+    assert ra.rows == rb.rows
+    for name, table in schema.STAGING_TABLES.items():
+        rows_a = table_rows(get_engine(a.recsys_db_url), table, exclude=("row_seq",))
+        rows_b = table_rows(get_engine(b.recsys_db_url), table, exclude=("row_seq",))
+        assert rows_a == rows_b, name
+        # row_seq numbers rows 0..n-1 on both paths
+        with get_engine(a.recsys_db_url).connect() as conn:
+            seqs = sorted(conn.execute(sa.select(table.c.row_seq)).scalars())
+        assert seqs == list(range(len(rows_a)))
+    staged_tags = table_rows(get_engine(a.recsys_db_url), schema.STAGING_TABLES["illusts"])
+    assert world["illusts"][0]["tags"] in {r[5] for r in staged_tags}
+    with pytest.raises(ValueError, match="one MySQL server"):
+        extract_interval(
+            a.replace(replica_url=f"sqlite:///{a.home / 'x.db'}"), DAY0, DAY0 + DAY,
+            run_id="x", server_side_copy=True,
+        )  # fmt: skip
