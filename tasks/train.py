@@ -169,37 +169,67 @@ class ItemCatalogue:
 
 @dataclass
 class BookmarkHistory:
-    """Each user's bookmarks sorted by (time, illust_id), to cut histories as of any time."""
+    """Each user's bookmarks sorted by (time, illust_id), to cut histories as of any time.
+
+    Times are whole seconds (the DATETIME resolution): a history as of ``t`` holds bookmarks
+    of seconds strictly before ``t``'s second, so a target never sees itself nor anything
+    bookmarked in the same second. Lookups are vectorised through one sorted key
+    ``user_row * span + second``.
+    """
 
     user_ids: np.ndarray
     offsets: np.ndarray
-    times: np.ndarray
+    seconds: np.ndarray
     items: np.ndarray
+    keys: np.ndarray
+    base: int
+    span: int
 
     @classmethod
     def from_frame(cls, bookmarks: pd.DataFrame) -> BookmarkHistory:
         frame = bookmarks.sort_values(["user_id", "create_time", "illust_id"], kind="mergesort")
         users = frame["user_id"].to_numpy(np.int64)
-        user_ids, starts = np.unique(users, return_index=True)
+        user_ids, starts, counts = np.unique(users, return_index=True, return_counts=True)
+        seconds = (
+            frame["create_time"].to_numpy().astype("datetime64[s]").astype(np.int64)
+            if len(frame)
+            else np.zeros(0, np.int64)
+        )
+        base = int(seconds.min()) if len(seconds) else 0
+        span = int(seconds.max()) - base + 2 if len(seconds) else 1
+        if len(user_ids) * span >= 2**62:
+            raise ValueError(f"history key overflow: {len(user_ids)} users x {span} s")
+        rows = np.repeat(np.arange(len(user_ids), dtype=np.int64), counts)
         return cls(
             user_ids=user_ids,
             offsets=np.append(starts, len(users)).astype(np.int64),
-            times=frame["create_time"].to_numpy().astype("datetime64[us]").astype(np.int64),
+            seconds=seconds,
             items=frame["illust_id"].to_numpy(np.int64),
+            keys=rows * span + (seconds - base),
+            base=base,
+            span=span,
         )
 
-    def histories(self, user_ids: np.ndarray, as_of_us: np.ndarray, length: int) -> np.ndarray:
-        """int64[B, length]: bookmarks strictly before ``as_of`` (µs), newest first, 0-padded."""
+    def histories(self, user_ids: np.ndarray, as_of: np.ndarray, length: int) -> np.ndarray:
+        """int64[B, length]: bookmarks strictly before ``as_of`` (datetime64 or epoch µs),
+        newest first, 0-padded."""
+        user_ids = np.asarray(user_ids, dtype=np.int64)
         out = np.zeros((len(user_ids), length), dtype=np.int64)
-        rows = np.searchsorted(self.user_ids, user_ids)
-        rows = np.clip(rows, 0, max(len(self.user_ids) - 1, 0))
-        for b, (user, row, as_of) in enumerate(zip(user_ids, rows, as_of_us, strict=True)):
-            if not len(self.user_ids) or self.user_ids[row] != user:
-                continue
-            lo, hi = self.offsets[row], self.offsets[row + 1]
-            cut = lo + np.searchsorted(self.times[lo:hi], as_of, side="left")
-            recent = self.items[max(lo, cut - length) : cut][::-1]
-            out[b, : len(recent)] = recent
+        if not len(self.user_ids) or not len(user_ids):
+            return out
+        as_of = np.asarray(as_of)
+        if np.issubdtype(as_of.dtype, np.datetime64):
+            as_of_s = as_of.astype("datetime64[s]").astype(np.int64)
+        else:
+            as_of_s = np.floor_divide(as_of.astype(np.int64), 1_000_000)
+        rows = np.clip(np.searchsorted(self.user_ids, user_ids), 0, len(self.user_ids) - 1)
+        known = self.user_ids[rows] == user_ids
+        offset = np.clip(as_of_s - self.base, 0, self.span - 1)
+        cut = np.searchsorted(self.keys, rows * self.span + offset, side="left")
+        lo = self.offsets[rows]
+        index = cut[:, None] - 1 - np.arange(length)[None, :]
+        valid = known[:, None] & (index >= lo[:, None])
+        out[valid] = self.items[index[valid]]
         return out
 
 
@@ -213,6 +243,11 @@ def _val_mask(user_ids: np.ndarray, item_ids: np.ndarray, share: float) -> np.nd
     )
     mixed = (mixed * np.uint64(0xBF58476D1CE4E5B9)) >> np.uint64(40)
     return (mixed % np.uint64(10_000)).astype(np.float64) < share * 10_000
+
+
+def _pair_keys(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """One int64 per (user, item) pair, for vectorised membership tests."""
+    return users.astype(np.int64) * np.int64(1 << 32) + items.astype(np.int64)
 
 
 def samples_query(interval_end: datetime) -> sa.Select:
@@ -256,8 +291,13 @@ class SampleStream:
     catalogue: ItemCatalogue
     history: BookmarkHistory
     params: TrainParams
-    exclude_pairs: set[tuple[int, int]] = field(default_factory=set)
-    logq: dict[int, float] = field(default_factory=dict)
+    exclude_pairs: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
+    logq_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    logq_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+    def __post_init__(self) -> None:
+        pairs = np.asarray(self.exclude_pairs, dtype=np.int64).reshape(-1, 2)
+        self._excluded = np.sort(_pair_keys(pairs[:, 0], pairs[:, 1]))
 
     def chunks(self) -> Iterator[pd.DataFrame]:
         with self.engine.connect() as conn:
@@ -280,7 +320,11 @@ class SampleStream:
         batch["user_id"] = users
         batch["history"] = self.history.histories(users, as_of, self.params.history_len)
         batch["label"] = frame["label"].to_numpy(np.float32)
-        batch["logq"] = np.array([self.logq.get(int(i), 0.0) for i in items], np.float32)
+        batch["logq"] = np.zeros(len(items), np.float32)
+        if len(self.logq_ids):
+            pos = np.clip(np.searchsorted(self.logq_ids, items), 0, len(self.logq_ids) - 1)
+            hit = self.logq_ids[pos] == items
+            batch["logq"][hit] = self.logq_values[pos[hit]]
         return batch
 
     def batches(
@@ -295,14 +339,8 @@ class SampleStream:
             users = frame["user_id"].to_numpy(np.int64)
             items = frame["illust_id"].to_numpy(np.int64)
             keep = _val_mask(users, items, self.params.val_share) == want_val
-            if self.exclude_pairs:
-                keep &= np.array(
-                    [
-                        (int(u), int(i)) not in self.exclude_pairs
-                        for u, i in zip(users, items, strict=True)
-                    ],
-                    dtype=bool,
-                )
+            if len(self._excluded):
+                keep &= ~np.isin(_pair_keys(users, items), self._excluded)
             if not pointwise:
                 keep &= frame["label"].to_numpy() == 1
             frame = frame[keep]
@@ -641,19 +679,16 @@ def train_two_tower(
     if interactions.empty:
         raise TrainingDataError(f"no mirror_interactions before {end}: nothing to evaluate on")
     split = leave_last_positive_split(interactions, item_ids=catalogue.ids)
-    holdout = {
-        (int(split.user_ids[u]), int(split.item_ids[i]))
-        for u, i in zip(split.test_user_idx, split.test_item_idx, strict=True)
-    }
+    holdout = np.stack(
+        [split.user_ids[split.test_user_idx], split.item_ids[split.test_item_idx]], axis=1
+    )
     item_columns = {k: v for k, v in catalogue.features.items()}
     stats = fit_feature_stats(config, item_columns)
-    bookmarks = interactions[interactions["label"] == 1]
+    # Histories and logQ from the split's train part: the holdout items never leak into
+    # a training history (not even a negative's, which is cut at the interval end).
+    bookmarks = split.train[split.train["label"] == 1]
     pop = bookmarks.groupby("illust_id").size()
-    logq = (
-        dict(zip(pop.index.astype(int), np.log(pop.to_numpy() / pop.sum()), strict=True))
-        if params.logq_correction
-        else {}
-    )
+    pop = pop if params.logq_correction else pop.iloc[:0]
     stream = SampleStream(
         engine=engine,
         interval_end=end,
@@ -661,7 +696,8 @@ def train_two_tower(
         history=BookmarkHistory.from_frame(bookmarks),
         params=params,
         exclude_pairs=holdout,
-        logq=logq,
+        logq_ids=pop.index.to_numpy(np.int64),
+        logq_values=np.log(pop.to_numpy() / max(pop.sum(), 1)).astype(np.float32),
     )
 
     keras.utils.set_random_seed(params.seed)
