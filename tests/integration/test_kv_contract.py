@@ -96,3 +96,29 @@ def test_redis_down_raises_kv_error() -> None:
     store = RedisKV("redis://127.0.0.1:1/0", socket_timeout=0.5)
     with pytest.raises(KVError, match="127.0.0.1:1"):
         store.get("anything")
+
+
+def test_file_kv_concurrent_writers_in_separate_processes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from tasks.kv import FileKV\n"
+        "kv = FileKV(sys.argv[1]); tag = sys.argv[2]\n"
+        "for batch in range(30):\n"
+        "    kv.mset({f'{tag}:{batch}:{i}': f'{batch}-{i}' for i in range(10)})\n"
+        "    kv.zadd('shared_zset', {f'{tag}{batch}': float(batch)})\n"
+        "kv.close()\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(tmp_path), tag]) for tag in ("p", "q")
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    kv = FileKV(tmp_path)
+    try:
+        assert len(list(kv.scan_keys("p:"))) == len(list(kv.scan_keys("q:"))) == 300
+        assert kv.get("q:29:9") == b"29-9"
+        assert len(kv.zrevrange("shared_zset", 0, -1)) == 60
+    finally:
+        kv.close()
