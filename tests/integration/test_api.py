@@ -216,3 +216,22 @@ def test_no_refresh_yet_means_hot_fallback_not_error(tmp_path: Path) -> None:
             body["source"] == "hot" and body["degraded"] == ["no_namespace"] and body["items"] == []
         )
         assert c.get("/version").json()["model_version"] is None
+
+
+def test_stale_precomputed_lists_are_bypassed(client, prepared) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    state = client.app.state.serving
+    key = f"{prepared['ns']}:topn_meta"
+    saved = state.kv.get(key)
+    meta = json.loads(saved)
+    state.kv.set(key, json.dumps({**meta, "data_as_of": "2000-01-01T00:00:00"}))
+    state.view = None
+    try:
+        body = client.get(f"/recommend/{prepared['topn_users'][0]}", params={"k": 5}).json()
+        assert body["source"] == "realtime"
+    finally:
+        state.kv.set(key, saved)
+        state.view = None
+    body = client.get(f"/recommend/{prepared['topn_users'][0]}", params={"k": 5}).json()
+    assert body["source"] == "precomputed"
