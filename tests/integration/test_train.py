@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import sqlalchemy as sa
 
@@ -108,92 +106,13 @@ TINY = dict(epochs=2, batch_size=32, dim=8, hidden=8, hash_bins=64, history_len=
 
 
 def _registered_versions(settings) -> list:  # type: ignore[no-untyped-def]
-    import mlflow
+    from model_registry.registry import client as registry_client
 
-    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
+    client = registry_client(settings)  # explicit registry URI: MLflow's global one may differ
     try:
         return client.search_model_versions(f"name = '{settings.registered_model_name}'")
     except Exception:
         return []
-
-
-@pytest.mark.slow
-@pytest.mark.mariadb
-def test_train_two_tower_on_mariadb_logs_run_and_exports(settings, mariadb_database) -> None:  # type: ignore[no-untyped-def]
-    import mlflow
-    import tensorflow as tf
-
-    from tasks.model import to_tensors
-    from tasks.train import TrainParams, train_two_tower
-
-    settings = settings.replace(recsys_db_url=mariadb_database)
-    counts = seed_recsys_db(settings.recsys_db_url)
-    result = train_two_tower(settings, START, END, params=TrainParams(**TINY))
-
-    # MLflow: params, per-epoch curves, plot, feature config, baselines, model.
-    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
-    run = client.get_run(result.run_id)
-    assert run.info.status == "FINISHED"
-    assert run.data.params["loss"] == "pointwise"
-    assert run.data.tags["data_interval_end"] == END.isoformat()
-    assert len(client.get_metric_history(result.run_id, "train_loss")) == result.epochs_run
-    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
-    assert {"feature_config.json", "learning_curves.png", "saved_model"} <= artifacts
-    assert {
-        "HR_at_10",
-        "NDCG_at_10",
-        "MostPop.HR_at_10",
-        "EASE.HR_at_10",
-        "ItemKNN.HR_at_10",
-    } <= set(run.data.metrics)
-    assert 0.0 <= result.metrics["HR@10"] <= 1.0
-    assert result.n_train + result.n_val <= counts["samples"]
-    assert result.n_train > 0 and result.n_val > 0
-
-    # Export: three named signatures, loadable, scores are probabilities.
-    shown = subprocess.run(
-        [str(ROOT / ".venv/bin/saved_model_cli"), "show", "--dir", result.export_dir, "--all"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    for name in ("item_tower", "user_tower", "score"):
-        assert f"signature_def['{name}']" in shown
-    loaded = tf.saved_model.load(result.export_dir)
-    feats = {
-        "user_id": np.array([1, 999], np.int64),
-        "history": np.array([[1, 5, 0], [0, 0, 0]], np.int64),
-        "illust_id": np.array([1, 12345], np.int64),
-        "artist_id": np.array([101, 7], np.int64),
-        "tags": np.array(["cat", "never-seen|tag"], object),
-        **{
-            k: np.array([1, 2], np.int64)
-            for k in (
-                "width",
-                "height",
-                "sanity_level",
-                "restrict",
-                "x_restrict",
-                "total_bookmarks",
-                "total_view",
-            )
-        },
-    }
-    score = loaded.signatures["score"](**to_tensors(feats))["score"].numpy()
-    assert score.shape == (2,) and np.all((score > 0) & (score < 1))
-
-    # The pyfunc flavour loads and scores the input example.
-    pyfunc = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")
-    frame = pd.DataFrame(
-        {**{k: v for k, v in feats.items() if k != "history"}, "history": ["1|5", ""]}
-    )
-    frame["tags"] = frame["tags"].astype(str)
-    out = pyfunc.predict(frame)
-    assert np.allclose(np.asarray(out["score"]), score, atol=1e-5)
-
-    # Idempotent: same interval + params returns the same run, no second training.
-    again = train_two_tower(settings, START, END, params=TrainParams(**TINY))
-    assert again.run_id == result.run_id and again.reused
 
 
 @pytest.mark.parametrize(
