@@ -435,8 +435,9 @@ class _MysqlWriter:
     """Formats batches as multi-row INSERT literals and runs them on a background thread.
 
     Values are rendered per column type: integers with ``int()``, datetimes as quoted ISO
-    text, everything else through the driver's ``escape_string`` (honours the connection's
-    charset and SQL mode). Errors from the thread are re-raised by ``send``/``close``.
+    text, everything else escaped for the session's SQL mode (see ``_escaper``). Only the
+    writer thread touches the connection once started. Errors from the thread are
+    re-raised by ``send``/``close``.
     """
 
     def __init__(
@@ -454,6 +455,7 @@ class _MysqlWriter:
         from tasks.db import MYSQL_MAX_STATEMENT_BYTES
 
         self._dbapi = out.connection.dbapi_connection
+        self._escape = self._escaper(out)
         self._max_bytes = MYSQL_MAX_STATEMENT_BYTES
         names = ", ".join(
             f"`{n}`"
@@ -471,8 +473,21 @@ class _MysqlWriter:
         self._thread.start()
 
     def _text(self, value: object) -> str:
-        escaped = self._dbapi.escape_string(str(value))
-        return "'" + (escaped.decode() if isinstance(escaped, bytes) else escaped) + "'"
+        return "'" + self._escape(str(value)) + "'"
+
+    def _escaper(self, out: sa.Connection) -> Callable[[str], str]:
+        """String escaping for literals, decided once from the session's SQL mode.
+
+        Not the connection's ``escape_string``: the writer thread uses that connection
+        while this thread formats the next batch. utf8mb4 multi-byte characters never
+        contain ASCII bytes, so byte-wise escaping is charset-safe.
+        """
+        sql_mode = str(out.exec_driver_sql("SELECT @@SESSION.sql_mode").scalar() or "")
+        if "NO_BACKSLASH_ESCAPES" in sql_mode:
+            return lambda text: text.replace("'", "''")
+        from MySQLdb import _mysql
+
+        return lambda text: _mysql.escape_string(text.encode("utf-8")).decode("utf-8")
 
     def _formatter(self, column_type: sa.types.TypeEngine[Any]) -> Callable[[Any], str]:
         if isinstance(column_type, sa.Integer):
