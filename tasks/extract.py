@@ -37,7 +37,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -205,7 +205,6 @@ class ExtractResult(StageResult):
     lower_bounds: dict[str, str | None]
     replica_lag_s: float | None = None
     seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
 
 def _allow_no_replication_default() -> bool:
