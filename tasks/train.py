@@ -251,12 +251,15 @@ def _pair_keys(users: np.ndarray, items: np.ndarray) -> np.ndarray:
 
 
 def samples_query(interval_end: datetime) -> sa.Select:
-    """Samples known by the end of the interval, each positive with its bookmark time."""
+    """Samples known by the end of the interval, each positive with its (first) bookmark time.
+
+    The first time: a re-bookmarked item must not sit in the history of its own example.
+    """
     from tasks.schema import mirror_interactions as mi
     from tasks.schema import samples
 
     bookmark_time = (
-        sa.select(mi.c.user_id, mi.c.illust_id, sa.func.max(mi.c.create_time).label("event_time"))
+        sa.select(mi.c.user_id, mi.c.illust_id, sa.func.min(mi.c.create_time).label("event_time"))
         .where(mi.c.label == 1, mi.c.create_time < interval_end)
         .group_by(mi.c.user_id, mi.c.illust_id)
         .subquery("bookmark_time")
@@ -330,7 +333,9 @@ class SampleStream:
     def batches(
         self, split: Literal["train", "val"], epoch: int
     ) -> Iterator[dict[str, np.ndarray]]:
-        """Shuffled batches of one split; chunk order and in-chunk order seeded by epoch."""
+        """Shuffled batches of one split. Rows arrive ordered by (user, illust) in chunks of
+        ``chunk_rows`` (many users each); each chunk is permuted with a per-epoch seed and
+        leftovers carry into the next chunk, so every batch but the last is full."""
         rng = np.random.default_rng([self.params.seed, epoch])
         want_val = split == "val"
         pointwise = self.params.loss == "pointwise"

@@ -140,3 +140,19 @@ def test_feature_config_naming_missing_column_raises(settings) -> None:  # type:
     with pytest.raises(FeatureConfigError, match="colour"):
         train_two_tower(settings, START, END, params=TrainParams(**TINY, feature_config=config))
     assert _registered_versions(settings) == []
+
+
+@pytest.mark.slow
+def test_inbatch_softmax_trains_on_positives_only_sqlite(settings) -> None:  # type: ignore[no-untyped-def]
+    """The softmax loss streams only positives (150 minus the 30 holdout ones) from SQLite."""
+    import mlflow
+
+    from tasks.train import TrainParams, train_two_tower
+
+    seed_recsys_db(settings.recsys_db_url)
+    params = TrainParams(**{**TINY, "epochs": 1}, loss="inbatch_softmax")
+    result = train_two_tower(settings, START, END, params=params)
+    assert result.n_train + result.n_val == 150 - 30
+    assert set(result.metrics) == {"HR@10", "NDCG@10", "HR@20", "NDCG@20"}
+    run = mlflow.MlflowClient(settings.mlflow_tracking_uri).get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["loss"] == "inbatch_softmax"
