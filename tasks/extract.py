@@ -35,10 +35,12 @@ replica-lag guard runs first (``SHOW REPLICA STATUS``).
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -407,6 +409,18 @@ def _copy_streamed(
     business = list(schema.BUSINESS_TABLES[table_name].columns)
     query = replica_select(table_name, lower, end)
     writer = _MysqlWriter(out, staging, business, start, end, run_id) if mysql else None
+    if writer is not None:
+        # Timestamps are only copied, so read them as text: no parse into datetime and
+        # format back for every value (a third of the streamed path's time).
+        inner = query.subquery()
+        query = sa.select(
+            *[
+                sa.cast(inner.c[c.name], sa.String).label(c.name)
+                if isinstance(c.type, sa.DateTime)
+                else inner.c[c.name]
+                for c in business
+            ]
+        )
     columns = ["data_interval_start", "data_interval_end", "row_seq"]
     columns += [c.name for c in business] + ["run_id"]
     insert = sa.insert(staging)
@@ -428,6 +442,21 @@ def _copy_streamed(
         if writer is not None:
             writer.close()
     return written
+
+
+_TIMESTAMP = r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?"
+_TIMESTAMP_TEXT = re.compile(_TIMESTAMP)
+_TIMESTAMP_LINES = re.compile(rf"{_TIMESTAMP}(?:\n{_TIMESTAMP})*")
+
+
+def _timestamp_text(value: object) -> str:
+    """A timestamp as SQL literal text (no quotes), refusing anything that is not one."""
+    if isinstance(value, datetime):
+        return value.isoformat(" ")
+    text = str(value)
+    if not _TIMESTAMP_TEXT.fullmatch(text):
+        raise ValueError(f"not a timestamp: {text!r}")
+    return text
 
 
 class _MysqlWriter:
@@ -466,6 +495,16 @@ class _MysqlWriter:
         self._prefix = f"('{start.isoformat(' ')}','{end.isoformat(' ')}',"
         self._suffix = f",{self._text(run_id)})"
         self._formats = [self._formatter(c.type) for c in business]
+        # Tables of integers and timestamps only: a row without NULLs renders as Python's
+        # tuple text, which is valid SQL here (ints, and timestamp text checked by
+        # _timestamp_text's pattern), and ~10x cheaper than formatting value by value.
+        self._tuple_text_ok = (
+            all(isinstance(c.type, (sa.Integer, sa.DateTime)) for c in business)
+            and len(business) > 1
+        )
+        self._timestamp_columns = [
+            i for i, c in enumerate(business) if isinstance(c.type, sa.DateTime)
+        ]
         self._queue: queue.Queue[str | None] = queue.Queue(maxsize=3)
         self._errors: list[BaseException] = []
         self._thread = threading.Thread(target=self._run, name="staging-writer", daemon=True)
@@ -492,7 +531,7 @@ class _MysqlWriter:
         if isinstance(column_type, sa.Integer):
             return lambda v: "NULL" if v is None else str(int(v))
         if isinstance(column_type, sa.DateTime):
-            return lambda v: "NULL" if v is None else f"'{v.isoformat(' ')}'"
+            return lambda v: "NULL" if v is None else f"'{_timestamp_text(v)}'"
         return lambda v: "NULL" if v is None else self._text(v)
 
     def _run(self) -> None:
@@ -512,21 +551,48 @@ class _MysqlWriter:
             raise self._errors[0]
 
     def send(self, first_seq: int, batch: Any) -> int:
+        """Format one batch (rows numbered from ``first_seq``) and queue its statements."""
         self._raise()
-        formats, prefix, suffix = self._formats, self._prefix, self._suffix
-        parts: list[str] = []
-        size = 0
-        for offset, row in enumerate(batch):
-            values = ",".join([f(v) for f, v in zip(formats, row, strict=True)])
-            part = f"{prefix}{first_seq + offset},{values}{suffix}"
-            parts.append(part)
+        prefix, suffix = self._prefix, self._suffix
+        rows = [tuple(row) for row in batch]
+        if self._batch_is_plain(rows):
+            parts = [
+                f"{prefix}{seq},{str(row)[1:-1]}{suffix}"
+                for seq, row in enumerate(rows, start=first_seq)
+            ]
+        else:
+            formats = self._formats
+            parts = [
+                f"{prefix}{seq},{','.join([f(v) for f, v in zip(formats, row, strict=True)])}"
+                f"{suffix}"
+                for seq, row in enumerate(rows, start=first_seq)
+            ]
+        start, size = 0, 0
+        for index, part in enumerate(parts):
             size += len(part) + 1
             if size >= self._max_bytes:
-                self._queue.put(self._head + ",".join(parts))
-                parts, size = [], 0
-        if parts:
-            self._queue.put(self._head + ",".join(parts))
-        return len(batch)
+                self._queue.put(self._head + ",".join(parts[start : index + 1]))
+                start, size = index + 1, 0
+        if start < len(parts):
+            self._queue.put(self._head + ",".join(parts[start:]))
+        return len(rows)
+
+    def _batch_is_plain(self, rows: list[tuple[Any, ...]]) -> bool:
+        """True when every row can be rendered as tuple text: integer columns hold only
+        ints, timestamp columns only timestamp text (no NULLs: ``NoneType`` fails both);
+        checked column-wise with C-level map/regex calls."""
+        if not self._tuple_text_ok or not rows:
+            return False
+        for i in range(len(rows[0])):
+            column = list(map(itemgetter(i), rows))
+            if i in self._timestamp_columns:
+                if set(map(type, column)) != {str}:
+                    return False
+                if not _TIMESTAMP_LINES.fullmatch("\n".join(column)):
+                    return False
+            elif set(map(type, column)) != {int}:
+                return False
+        return True
 
     def close(self) -> None:
         self._queue.put(None)
