@@ -5,15 +5,10 @@ One tiny model (dims 8) is built and exported once for the module to keep TF tim
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from tasks.features import default_feature_config, fit_feature_stats
-
-ROOT = Path(__file__).resolve().parents[2]
 
 ITEMS = {
     "illust_id": np.array([1, 2, 3, 4], np.int64),
@@ -78,18 +73,6 @@ def test_export_round_trip_matches_in_memory_model_with_oov(exported) -> None:  
         model.logit_bias.numpy()
     )
     np.testing.assert_allclose(exported_score, 1 / (1 + np.exp(-logits)), rtol=1e-4)
-
-
-def test_saved_model_cli_lists_three_signatures(exported) -> None:  # type: ignore[no-untyped-def]
-    _, path = exported
-    shown = subprocess.run(
-        [str(ROOT / ".venv/bin/saved_model_cli"), "show", "--dir", str(path), "--tag_set", "serve"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    for name in ("item_tower", "user_tower", "score"):
-        assert f'"{name}"' in shown
 
 
 def test_history_shares_item_embedding_and_masks_padding(exported) -> None:  # type: ignore[no-untyped-def]
