@@ -11,8 +11,10 @@ Steps: copy the SavedModel into ``<version>.tmp/`` with the warmup file
 (``assets.extra/tf_serving_warmup_requests``) and a manifest, fsync files and folders, rename
 to ``<version>/``; verify (TF-Serving: poll status until AVAILABLE and predict each signature;
 embedded default: load in process and do the same); only then rewrite ``models.config`` and
-``LIVE``; then prune old versions. A failed verification raises and leaves the previous
-version live. Rollback is ``deploy_champion`` after the alias moved back: that version is
+``LIVE`` (``models.config`` keeps the replaced version loaded too, for an instant rollback);
+then prune versions beyond the newest ``keep_last`` (never the live one or the one it
+replaced). A failed verification raises and leaves the previous version live, with
+``models.config`` restored byte for byte. Rollback is ``deploy_champion`` after the alias moved back: that version is
 already on disk, so it is verified and re-pointed, never rewritten.
 """
 
@@ -261,9 +263,10 @@ def _materialize(settings: Settings, version: int, saved_model_dir: Path) -> tup
     return final, False
 
 
-def _prune(settings: Settings, keep_last: int, live: int) -> tuple[int, ...]:
+def _prune(settings: Settings, keep_last: int, protected: set[int]) -> tuple[int, ...]:
+    """Delete version dirs beyond the newest ``keep_last``, except ``protected`` ones."""
     versions = deployed_versions(settings)
-    keep = set(versions[-keep_last:]) | {live}
+    keep = set(versions[-keep_last:]) | protected
     removed = tuple(v for v in versions if v not in keep)
     for version in removed:
         shutil.rmtree(model_base(settings) / str(version))
@@ -293,6 +296,8 @@ def deploy_saved_model(
     if previous == version and (settings.serving_base_path / CONFIG_FILE).exists():
         return DeployResult(version, str(final), skipped=True, reused=True, reason="already live")
 
+    config_path = settings.serving_base_path / CONFIG_FILE
+    config_before = config_path.read_bytes() if config_path.exists() else None
     if settings.tfserving_url:
         # TF-Serving must load the new version to be asked about it; the old one keeps
         # serving (and keeps the "stable" label) until the new one passes.
@@ -301,8 +306,11 @@ def deploy_saved_model(
     try:
         dim, how = _verify(settings, version, final, verify_timeout_s)
     except Exception as exc:
-        if settings.tfserving_url and previous is not None:
-            _write_config(settings, [previous], stable=previous)
+        if settings.tfserving_url:  # put TF-Serving back on exactly what it served before
+            if config_before is not None:
+                write_atomic(config_path, config_before)
+            else:
+                config_path.unlink(missing_ok=True)
         log.error("version %s failed verification; %s stays live: %s", version, previous, exc)
         from tasks.serving import ModelVerificationError
 
@@ -310,10 +318,13 @@ def deploy_saved_model(
             raise
         raise ModelVerificationError(f"version {version} failed verification: {exc}") from exc
 
-    _write_config(settings, [version], stable=version)
+    # Serve the new version (label "stable") and keep the one it replaces loaded, so that
+    # a rollback is instant; both are protected from pruning.
+    keep_loaded = [v for v in (version, previous) if v is not None]
+    _write_config(settings, keep_loaded, stable=version)
     pointer = {"version": version, "path": str(final), "embedding_dim": dim, "verified_with": how}
     write_atomic(model_base(settings) / LIVE_FILE, json.dumps(pointer).encode())
-    removed = _prune(settings, keep_last, version)
+    removed = _prune(settings, keep_last, set(keep_loaded))
     log.info("version %s live (was %s), verified %s, dim %d", version, previous, how, dim)
     return DeployResult(
         version,

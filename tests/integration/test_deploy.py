@@ -120,10 +120,16 @@ def test_keep_last_prunes_old_versions_but_not_live(settings, models) -> None:  
         result = deploy_saved_model(settings, version, models["a"], keep_last=2)
     assert deployed_versions(settings) == [3, 4]
     assert result.removed_versions == (2,)  # 1 went when 3 was deployed
-    # Rollback to 3 keeps 3 and 4; deploying 5 then keeps 4 and 5 (live) only.
+    # Rollback to 3 keeps 3 and 4; deploying 5 keeps the newest two (4, 5) plus 3, the
+    # version 5 replaced, which models.config keeps loaded for an instant rollback.
     deploy_saved_model(settings, 3, models["a"], keep_last=2)
     deploy_saved_model(settings, 5, models["a"], keep_last=2)
-    assert deployed_versions(settings) == [4, 5]
+    assert deployed_versions(settings) == [3, 4, 5]
+    config = _config(settings)
+    assert "versions: 3" in config and "versions: 5" in config and "versions: 4" not in config
+    assert "value: 5" in config  # the "stable" label
+    deploy_saved_model(settings, 6, models["a"], keep_last=2)
+    assert deployed_versions(settings) == [5, 6]
 
 
 def test_bad_arguments_name_the_value(settings, models, tmp_path) -> None:  # type: ignore[no-untyped-def]

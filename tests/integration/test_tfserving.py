@@ -103,13 +103,33 @@ def test_client_errors_name_the_problem(settings, models, standin) -> None:  # t
 def test_failed_rest_verification_keeps_previous_version_served(settings, models, standin) -> None:  # type: ignore[no-untyped-def]
     rest_settings = settings.replace(tfserving_url=standin.url)
     deploy_saved_model(rest_settings, 1, models["good"])
+    config_path = settings.serving_base_path / "models.config"
+    before = config_path.read_bytes()
     with pytest.raises(ModelVerificationError, match="ended"):
         deploy_saved_model(rest_settings, 2, models["bad"], verify_timeout_s=30)
     assert live_version(settings) == 1
-    config = parse_model_config((settings.serving_base_path / "models.config").read_text())
+    assert config_path.read_bytes() == before
+    config = parse_model_config(config_path.read_text())
     assert config == {settings.model_name: (model_base(settings), [1])}
     # The stand-in follows the config back: version 1 answers, version 2 is unloaded.
     client = TFServingClient(standin.url, settings.model_name, version=1)
     assert client.predict("score", sample_inputs()["score"])["score"].shape == (2,)
     standin.sync_once()
     assert [s["version"] for s in client.version_status()] == ["1"]
+
+
+def test_new_version_goes_live_with_the_replaced_one_still_loaded(
+    settings, models, standin
+) -> None:  # type: ignore[no-untyped-def]
+    rest_settings = settings.replace(tfserving_url=standin.url)
+    deploy_saved_model(rest_settings, 1, models["good"])
+    result = deploy_saved_model(rest_settings, 2, models["good"])
+    assert result.verified_with == "tfserving" and live_version(settings) == 2
+    config = parse_model_config((settings.serving_base_path / "models.config").read_text())
+    assert config == {settings.model_name: (model_base(settings), [1, 2])}
+    standin.sync_once()
+    states = {
+        s["version"]: s["state"]
+        for s in TFServingClient(standin.url, settings.model_name).version_status()
+    }
+    assert states == {"1": "AVAILABLE", "2": "AVAILABLE"}
