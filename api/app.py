@@ -189,7 +189,13 @@ def _item_vectors(state: ServingState, ids: list[int]) -> dict[int, np.ndarray]:
 
 
 def recommend_for(
-    state: ServingState, user_id: int, k: int, *, dpp: bool = False, theta: float = 0.5
+    state: ServingState,
+    user_id: int,
+    k: int,
+    *,
+    dpp: bool = False,
+    theta: float = 0.5,
+    window: int | None = None,
 ) -> dict[str, Any]:
     """The recommend flow with its fallbacks (see the module docstring)."""
     from tasks.dpp import dpp_rerank
@@ -288,7 +294,7 @@ def recommend_for(
             usable = [c for c in candidates if c.illust_id in vectors]
             mat = np.stack([vectors[c.illust_id] for c in usable])
             quality = mat @ vector if vector is not None else np.array([c.score for c in usable])
-            order = dpp_rerank(quality, mat, k, theta=theta)
+            order = dpp_rerank(quality, mat, k, theta=theta, window=window)
             candidates = [usable[i] for i in order]
         except Exception as exc:
             log.warning("DPP skipped for user %s: %s", user_id, exc)
@@ -379,10 +385,11 @@ def create_app(settings: Settings | None = None, *, max_k: int = MAX_K) -> FastA
         k: int = Query(20, ge=1, le=max_k, description="number of items"),
         dpp: bool = Query(False, description="diversify with DPP"),
         theta: float = Query(0.5, ge=0.0, le=1.0, description="DPP diversity weight"),
+        window: int | None = Query(None, ge=1, le=max_k, description="DPP sliding window"),
     ) -> dict[str, Any]:
         state = serving(request)
         try:
-            answer = recommend_for(state, user_id, k, dpp=dpp, theta=theta)
+            answer = recommend_for(state, user_id, k, dpp=dpp, theta=theta, window=window)
         except Exception as exc:
             log.exception("recommend failed for %s", user_id)
             answer = _hot_answer(state, k, set(), ["internal:" + type(exc).__name__])

@@ -187,6 +187,11 @@ def test_dpp_rerank_returns_k_distinct_unseen_items(client, prepared) -> None:  
     ids = [i["illust_id"] for i in diverse["items"]]
     assert len(ids) == len(set(ids)) == 10 and not set(ids) & _seen(prepared, user)
     assert ids != [i["illust_id"] for i in plain["items"]]
+    windowed = client.get(
+        f"/recommend/{user}", params={"k": 10, "dpp": "true", "theta": 0.9, "window": 3}
+    ).json()
+    assert windowed["degraded"] == [] and len({i["illust_id"] for i in windowed["items"]}) == 10
+    assert windowed["items"][0]["illust_id"] == ids[0]  # both start from the top-quality item
 
 
 def test_similar_version_and_health(client, prepared) -> None:  # type: ignore[no-untyped-def]
