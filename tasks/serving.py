@@ -166,14 +166,12 @@ def export_hash_two_tower(dst: str | Path, spec: HashModelSpec | None = None) ->
     rng = np.random.default_rng(spec.seed)
     tables = [rng.normal(size=(spec.buckets, spec.dim)).astype(np.float32) for _ in range(3)]
     n = spec.buckets
-    i64 = tf.TensorSpec([None], tf.int64)
     item_specs = {name: tf.TensorSpec([None], tf.int64, name=name) for name in ITEM_INT_FEATURES}
     item_specs["tags"] = tf.TensorSpec([None], tf.string, name="tags")
     user_specs = {
         "user_id": tf.TensorSpec([None], tf.int64, name="user_id"),
         "history": tf.TensorSpec([None, None], tf.int64, name="history"),
     }
-    del i64
 
     class HashTwoTower(tf.Module):
         def __init__(self) -> None:
