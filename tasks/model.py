@@ -280,11 +280,8 @@ def export_saved_model(
             return {"score": tf.sigmoid(self.model(feats))}
 
     module = Serving(model)
-    signatures = {
-        "item_tower": _named(module.item_tower, ITEM_FEATURES),
-        "user_tower": module.user_tower.get_concrete_function(),
-        "score": _named(module.score, ("user_id", "history", *ITEM_FEATURES)),
-    }
+    # Signature inputs take the TensorSpec names (illust_id, tags, ...), not ``args_0``.
+    signatures = {name: getattr(module, name).get_concrete_function() for name in SIGNATURES}
     tf.saved_model.save(module, str(tmp), signatures=signatures)
     extra = tmp / "assets.extra"
     extra.mkdir(exist_ok=True)
@@ -296,22 +293,6 @@ def export_saved_model(
     tmp.rename(export_dir)
     log.info("exported SavedModel with signatures %s to %s", list(SIGNATURES), export_dir)
     return export_dir
-
-
-def _named(function: Any, names: Sequence[str]) -> Any:
-    """A concrete function whose signature inputs carry the contract's feature names.
-
-    ``*args`` functions would otherwise expose ``args_0``...; the TensorSpec names win when
-    the signature is built from keyword arguments, so wrap with explicit keywords.
-    """
-    import tensorflow as tf
-
-    specs = function.input_signature
-    source = "def wrapper({0}):\n    return function({0})\n".format(", ".join(names))
-    namespace: dict[str, Any] = {"function": function}
-    exec(source, namespace)  # noqa: S102 - builds a fixed-arity wrapper from known names
-    wrapped = tf.function(namespace["wrapper"], input_signature=specs)
-    return wrapped.get_concrete_function()
 
 
 def load_feature_config(export_dir: Path | str) -> dict[str, Any]:
