@@ -24,13 +24,16 @@ def test_generated_days_pass_validation_and_sample(settings) -> None:  # type: i
     for start, end in days:
         extract_interval(settings, start, end, run_id=f"gen-{start:%Y%m%d}")
         began = time.perf_counter()
-        result = validate_interval(settings, start, end, run_id=f"gen-{start:%Y%m%d}")
+        result = validate_interval(
+            settings, start, end, run_id=f"gen-{start:%Y%m%d}", data_docs=start == days[-1][0]
+        )
         seconds = time.perf_counter() - began
         assert result.success, result.failures
         assert [f for f in result.failures if f["severity"] == "fail"] == []
         assert sum(result.rows_quarantined.values()) == 0
         assert seconds < 60, f"validating {result.rows_read} took {seconds:.1f}s"
         build_samples(settings, start, end)
+    assert result.data_docs.endswith("index.html")
     engine = get_engine(settings.recsys_db_url)
     with engine.connect() as conn:
         mirrored = conn.execute(

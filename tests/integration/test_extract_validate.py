@@ -82,9 +82,9 @@ def make_settings(request, settings, tmp_path: Path):  # type: ignore[no-untyped
         admin.dispose()
 
 
-def _run(s, start, end, run_id):  # type: ignore[no-untyped-def]
+def _run(s, start, end, run_id, *, data_docs=False):  # type: ignore[no-untyped-def]
     extract_interval(s, start, end, run_id=run_id)
-    return validate_interval(s, start, end, run_id=run_id)
+    return validate_interval(s, start, end, run_id=run_id, data_docs=data_docs)
 
 
 def _mirror(s) -> dict[str, list[tuple]]:  # type: ignore[no-untyped-def]
@@ -98,7 +98,7 @@ def _quarantine(s) -> list[tuple]:  # type: ignore[no-untyped-def]
 
 def test_rerun_is_idempotent(make_settings) -> None:  # type: ignore[no-untyped-def]
     s = make_settings(tiny_world())
-    first = _run(s, DAY0, DAY0 + DAY, "run1")
+    first = _run(s, DAY0, DAY0 + DAY, "run1", data_docs=True)
     engine = get_engine(s.recsys_db_url)
     staging_before = table_rows(
         engine, schema.STAGING_TABLES["interactions"], exclude=("run_id", "row_seq")
