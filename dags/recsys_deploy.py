@@ -60,25 +60,27 @@ def recsys_deploy() -> None:
     @task
     def deploy(params=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
+
         from tasks.deploy import deploy_champion
 
         result = deploy_champion(task_settings(), keep_last=params["keep_versions"])
-        if result is None:
-            raise AirflowSkipException("no champion in MLflow yet: nothing to deploy")
+        if result.version is None:
+            raise AirflowSkipException(f"nothing to deploy: {result.reason}")
         return result.as_dict()
 
     @task(pool=MILVUS_POOL, outlets=[SERVING_VECTORS])
     def refresh_vectors(deployed: dict, params=None, outlet_events=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
+
         from tasks.vectors import refresh_vectors as refresh
 
         settings = task_settings()
-        if deployed.get("skipped") and not params["force"]:
-            from tasks.vectors import current_vectors_version
+        if not params["force"]:
+            from tasks.ops import serving_is_current
 
-            if current_vectors_version(settings) == deployed["version"]:
+            if serving_is_current(settings, deployed["version"]):
                 raise AirflowSkipException(
-                    f"champion v{deployed['version']} already live with fresh vectors"
+                    f"champion v{deployed['version']} already live with vectors of the newest data"
                 )
         result = refresh(settings, version=deployed["version"])
         outlet_events[SERVING_VECTORS].extra = {"version": deployed["version"]}

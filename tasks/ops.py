@@ -114,3 +114,29 @@ def intervals_from_events(
             "recsys_validated_data asset event schedule the run"
         )
     return [{"start": s.isoformat(), "end": e.isoformat()} for s, e in sorted(seen)]
+
+
+def serving_is_current(settings: Settings, version: int) -> bool:
+    """True when the live KV namespace was built by ``version`` from the newest mirror data.
+
+    The deploy DAG runs every few minutes; this lets it skip a refresh that would publish
+    exactly what is already live, while new data or a new champion still refreshes.
+    """
+    from tasks.kv import open_kv
+    from tasks.schema import mirror_interactions
+    from tasks.vectors import current_namespace, refresh_tag
+
+    engine = get_engine(settings.recsys_db_url)
+    create_recsys_schema(engine)
+    with engine.connect() as conn:
+        newest = conn.execute(sa.select(sa.func.max(mirror_interactions.c.create_time))).scalar()
+    if newest is None:
+        return False
+    kv = open_kv(settings)
+    try:
+        live = current_namespace(kv)
+    finally:
+        kv.close()
+    wanted = refresh_tag(version, newest)
+    log.info("live KV namespace %s, a refresh now would publish %s", live, wanted)
+    return live == wanted

@@ -90,7 +90,6 @@ def test_extraction_mirrors_the_replica(chain: dict) -> None:
 
 def test_training_registers_and_promotes_a_champion(chain: dict) -> None:
     from model_registry.registry import resolve_alias
-
     from tasks.settings import load_settings
 
     train = chain["train"]
@@ -104,9 +103,9 @@ def test_training_registers_and_promotes_a_champion(chain: dict) -> None:
 
 
 def test_deploy_refresh_and_api_answer(chain: dict) -> None:
-    from api.app import create_app
     from fastapi.testclient import TestClient
 
+    from api.app import create_app
     from tasks.settings import load_settings
 
     settings = load_settings()
@@ -117,7 +116,7 @@ def test_deploy_refresh_and_api_answer(chain: dict) -> None:
         settings.serving_base_path / settings.model_name / str(version) / "saved_model.pb"
     ).exists()
     refreshed = chain["deploy"].xcoms["refresh_vectors"]
-    assert refreshed["collection"] == f"items_v{version}"
+    assert refreshed["collection"].startswith(f"items_v{version}_")
     assert refreshed["n_items"] == _count(settings.recsys_db_url, "mirror_illusts")
     with TestClient(create_app(settings)) as client:
         assert client.get("/version").json()["model_version"] == version
@@ -140,9 +139,9 @@ def test_deploy_again_is_a_no_op(chain: dict) -> None:
 def test_champion_moved_by_hand_is_deployed_then_rolled_back(chain: dict) -> None:
     """A person moves `champion` in MLflow; the next deploy run serves that version."""
     import mlflow
+
     from model_registry.cli import main as registry_cli
     from model_registry.registry import register_challenger
-
     from plugins.dagrun import run_dag
     from tasks.settings import load_settings
 
@@ -156,7 +155,7 @@ def test_champion_moved_by_hand_is_deployed_then_rolled_back(chain: dict) -> Non
     moved = run_dag("recsys_deploy")
     assert moved.ok, moved.task_states
     assert moved.xcoms["deploy"]["version"] == second
-    assert moved.xcoms["refresh_vectors"]["collection"] == f"items_v{second}"
+    assert moved.xcoms["refresh_vectors"]["collection"].startswith(f"items_v{second}_")
 
     assert registry_cli(["rollback"]) == 0
     rolled = run_dag("recsys_deploy")
