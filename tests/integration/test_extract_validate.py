@@ -283,28 +283,35 @@ def test_replica_is_read_only_and_not_replicating(
 
 
 @pytest.mark.mariadb
-def test_streamed_and_server_side_copies_agree(make_settings, request) -> None:  # type: ignore[no-untyped-def]
-    if "mariadb" not in request.node.callspec.id:
-        pytest.skip("both copy paths exist on MySQL/MariaDB only")
+def test_streamed_and_server_side_copies_agree(
+    mariadb_database, second_mariadb_database, settings
+) -> None:  # type: ignore[no-untyped-def]
     world = tiny_world()
     world["illusts"][0]["tags"] = tags_json("it's", 'back\\slash "quoted"', "猫 🐈", "%s")
     world["users"][0]["username"] = "O'Brien\\"
-    a, b = make_settings(world, "streamed"), make_settings(world, "server")
-    ra = extract_interval(a, DAY0, DAY0 + 2 * DAY, run_id="r", server_side_copy=False, batch_size=7)
-    rb = extract_interval(b, DAY0, DAY0 + 2 * DAY, run_id="r", server_side_copy=True)
-    assert ra.rows == rb.rows
+    world["illusts"][1]["artist_id"] = None  # a NULL forces the value-by-value formatter
+    seed_replica(get_engine(mariadb_database), world)
+    s = settings.replace(replica_url=mariadb_database, recsys_db_url=second_mariadb_database)
+    recsys = get_engine(s.recsys_db_url)
+    window = (DAY0, DAY0 + 2 * DAY)
+    streamed = extract_interval(s, *window, run_id="r", server_side_copy=False, batch_size=7)
+    staged = {
+        name: table_rows(recsys, table, exclude=("row_seq",))
+        for name, table in schema.STAGING_TABLES.items()
+    }
+    # re-running the first interval re-reads its snapshot, here with the server-side copy
+    copied = extract_interval(s, *window, run_id="r", server_side_copy=True)
+    assert streamed.rows == copied.rows
     for name, table in schema.STAGING_TABLES.items():
-        rows_a = table_rows(get_engine(a.recsys_db_url), table, exclude=("row_seq",))
-        rows_b = table_rows(get_engine(b.recsys_db_url), table, exclude=("row_seq",))
-        assert rows_a == rows_b, name
-        # row_seq numbers rows 0..n-1 on both paths
-        with get_engine(a.recsys_db_url).connect() as conn:
+        assert table_rows(recsys, table, exclude=("row_seq",)) == staged[name], name
+        with recsys.connect() as conn:
             seqs = sorted(conn.execute(sa.select(table.c.row_seq)).scalars())
-        assert seqs == list(range(len(rows_a)))
-    staged_tags = table_rows(get_engine(a.recsys_db_url), schema.STAGING_TABLES["illusts"])
-    assert world["illusts"][0]["tags"] in {r[5] for r in staged_tags}
+        assert seqs == list(range(len(staged[name])))  # row_seq numbers rows 0..n-1
+    assert world["illusts"][0]["tags"] in {r[4] for r in staged["illusts"]}
+    assert "O'Brien\\" in {r[3] for r in staged["users"]}
+    assert None in {r[3] for r in staged["illusts"]}
     with pytest.raises(ValueError, match="one MySQL server"):
         extract_interval(
-            a.replace(replica_url=f"sqlite:///{a.home / 'x.db'}"), DAY0, DAY0 + DAY,
+            s.replace(replica_url=f"sqlite:///{s.home / 'x.db'}"), DAY0, DAY0 + DAY,
             run_id="x", server_side_copy=True,
         )  # fmt: skip
