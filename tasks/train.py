@@ -527,7 +527,7 @@ def tower_scores(
     item_tower: Callable[[dict[str, np.ndarray]], np.ndarray],
     *,
     history_len: int = HISTORY_LEN,
-    batch_size: int = 2048,
+    batch_size: int = 256,
 ) -> dict[str, float]:
     """Rank metrics of a two-tower model on ``split``: history = the user's train bookmarks."""
     item_vecs = np.concatenate(

@@ -41,3 +41,21 @@ def test_ease_closed_form_by_hand() -> None:
 def test_ease_rejects_non_positive_lambda() -> None:
     with pytest.raises(ValueError, match="-1"):
         EASE(l2=-1)
+
+
+def test_evaluate_baselines_skips_dense_models_on_large_catalogues() -> None:
+    """Users 1-3 bookmark item 10 then their own item (11-13): with max_dense_items=3
+    (< 4 items) only MostPop runs. Its test items (popularity 0) tie with each other and
+    sit below item 10, which is seen: rank 0 for all -> HR@10 = 1."""
+    from datetime import datetime
+
+    import pandas as pd
+
+    from tasks.evaluate import evaluate_baselines, leave_last_positive_split
+
+    rows = [(u, 10, 1, datetime(2024, 1, 1)) for u in (1, 2, 3)]
+    rows += [(u, 10 + u, 1, datetime(2024, 1, 2)) for u in (1, 2, 3)]
+    frame = pd.DataFrame(rows, columns=["user_id", "illust_id", "label", "create_time"])
+    out = evaluate_baselines(leave_last_positive_split(frame), max_dense_items=3)
+    assert set(out) == {"MostPop"}
+    assert out["MostPop"]["HR@10"] == 1.0
