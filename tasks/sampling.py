@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Literal
 
 import numpy as np
 import sqlalchemy as sa
@@ -180,8 +181,10 @@ def build_samples(
     popular_ratio: float = 0.5,
     popularity_exponent: float = 0.75,
     seed: int = 42,
+    write_method: Literal["auto", "insert", "load_data"] = "auto",
 ) -> SamplingResult:
-    """Sample negatives for the interval's positives and write both to ``samples``."""
+    """Sample negatives for the interval's positives and write both to ``samples``
+    (``write_method``: see ``write_samples``)."""
     start, end = check_interval(interval_start, interval_end)
     began = time.perf_counter()
     engine = get_engine(settings.recsys_db_url)
@@ -257,7 +260,9 @@ def build_samples(
     positives = SampleRows(
         user_ids=pos[:, 0], item_ids=pos[:, 1], sources=np.full(len(pos), "positive")
     )
-    write_samples(engine, negatives, positives, interval_start=start, interval_end=end)
+    write_samples(
+        engine, negatives, positives, interval_start=start, interval_end=end, method=write_method
+    )
     with engine.connect() as conn:
         total = conn.execute(sa.select(sa.func.count()).select_from(schema.samples)).scalar_one()
     seconds = time.perf_counter() - began
@@ -306,9 +311,15 @@ def write_samples(
     interval_start: datetime,
     interval_end: datetime,
     chunk_rows: int = WRITE_CHUNK_ROWS,
+    method: Literal["auto", "insert", "load_data"] = "auto",
 ) -> None:
     """``INSERT IGNORE`` the negatives, then ``REPLACE INTO`` the positives, in one
     transaction, ``chunk_rows`` rows per statement.
+
+    ``method="load_data"`` (MySQL/MariaDB, connection URL with ``local_infile=1``) sends
+    the same two steps as ``LOAD DATA LOCAL INFILE ... IGNORE`` then ``... REPLACE`` (same
+    key semantics, the server's bulk path); ``"auto"`` picks it when the URL enables
+    ``local_infile``, else ``"insert"``.
 
     On MySQL/MariaDB the multi-row statements are built here rather than by the driver:
     every value is an int from an int64 array, a source from ``SOURCE_LABELS`` or the
@@ -318,51 +329,153 @@ def write_samples(
     """
     if chunk_rows <= 0:
         raise ValueError(f"chunk_rows must be positive, got {chunk_rows!r}")
+    if method not in ("auto", "insert", "load_data"):
+        raise ValueError(f"method must be auto, insert or load_data, got {method!r}")
     for rows in (negatives, positives):
         unknown = set(np.unique(rows.sources).tolist()) - SOURCE_LABELS.keys()
         if unknown:
             raise ValueError(f"unknown sample sources {sorted(unknown)!r}")
     with engine.begin() as conn:
         dialect = conn.dialect.name
+        if dialect in ("mysql", "mariadb"):
+            local_infile = str(engine.url.query.get("local_infile", "0")) in ("1", "true")
+            if method == "load_data" or (method == "auto" and local_infile):
+                _mysql_load_data(conn, negatives, positives, interval_start, interval_end)
+            else:
+                _mysql_write(conn, negatives, positives, interval_start, interval_end, chunk_rows)
+            return
+        if method == "load_data":
+            raise ValueError(f"method='load_data' needs MySQL/MariaDB, got {dialect!r}")
         for label, statement, rows in (
             ("negatives", insert_ignore(schema.samples, dialect), negatives),
             ("positives", replace_into(schema.samples, dialect), positives),
         ):
             for offset in range(0, len(rows), chunk_rows):
                 chunk = slice(offset, offset + chunk_rows)
-                if dialect in ("mysql", "mariadb"):
-                    _mysql_write_chunk(conn, statement, rows, chunk, interval_start, interval_end)
-                else:
-                    tuples = [
-                        (u, i, SOURCE_LABELS[src], src, interval_start, interval_end, interval_end)
-                        for u, i, src in zip(
-                            rows.user_ids[chunk].tolist(),
-                            rows.item_ids[chunk].tolist(),
-                            rows.sources[chunk].tolist(),
-                            strict=True,
-                        )
-                    ]
-                    bulk_execute(conn, statement, SAMPLE_COLUMNS, tuples)
+                tuples = [
+                    (u, i, SOURCE_LABELS[src], src, interval_start, interval_end, interval_end)
+                    for u, i, src in zip(
+                        rows.user_ids[chunk].tolist(),
+                        rows.item_ids[chunk].tolist(),
+                        rows.sources[chunk].tolist(),
+                        strict=True,
+                    )
+                ]
+                bulk_execute(conn, statement, SAMPLE_COLUMNS, tuples)
                 if (offset // chunk_rows) % 25 == 24:
                     log.info("%s: %d/%d rows written", label, offset + chunk_rows, len(rows))
 
 
-def _mysql_write_chunk(
+def _mysql_write(
     conn: sa.Connection,
-    statement: sa.Insert,
-    rows: SampleRows,
-    chunk: slice,
+    negatives: SampleRows,
+    positives: SampleRows,
+    interval_start: datetime,
+    interval_end: datetime,
+    chunk_rows: int,
+) -> None:
+    """Build the statements on this thread while one worker thread runs them on ``conn``
+    (the driver releases the GIL while the server works; statements stay in order, so the
+    REPLACEs still run after every INSERT IGNORE)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cursor = conn.connection.cursor()
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="samples-writer") as pool:
+            try:
+                _queue_statements(
+                    pool,
+                    cursor,
+                    conn,
+                    negatives,
+                    positives,
+                    interval_start,
+                    interval_end,
+                    chunk_rows,
+                )
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    finally:
+        cursor.close()
+
+
+def _queue_statements(
+    pool: Any,
+    cursor: Any,
+    conn: sa.Connection,
+    negatives: SampleRows,
+    positives: SampleRows,
+    interval_start: datetime,
+    interval_end: datetime,
+    chunk_rows: int,
+) -> None:
+    """Submit the INSERT IGNORE statements, then the REPLACE ones, keeping at most two
+    built statements waiting (bounded memory)."""
+    pending: list[Any] = []
+    for label, statement, rows in (
+        ("negatives", insert_ignore(schema.samples, conn.dialect.name), negatives),
+        ("positives", replace_into(schema.samples, conn.dialect.name), positives),
+    ):
+        head = str(statement.compile(dialect=conn.dialect, column_keys=list(SAMPLE_COLUMNS)))
+        head = head[: head.index("VALUES")] + "VALUES "
+        for offset in range(0, len(rows), chunk_rows):
+            sql = head + _mysql_values(
+                rows, slice(offset, offset + chunk_rows), interval_start, interval_end
+            )
+            while len(pending) >= 2:  # bound memory: at most 2 statements queued
+                pending.pop(0).result()
+            pending.append(pool.submit(cursor.execute, sql))
+            if (offset // chunk_rows) % 25 == 24:
+                log.info("%s: %d/%d rows sent", label, offset + chunk_rows, len(rows))
+    for future in pending:
+        future.result()
+
+
+def _mysql_load_data(
+    conn: sa.Connection,
+    negatives: SampleRows,
+    positives: SampleRows,
     interval_start: datetime,
     interval_end: datetime,
 ) -> None:
-    head = str(statement.compile(dialect=conn.dialect, column_keys=list(SAMPLE_COLUMNS)))
-    head = head[: head.index("VALUES")] + "VALUES "
+    """The two steps as LOAD DATA LOCAL INFILE (IGNORE, then REPLACE) from temp TSV files."""
+    import tempfile
+    from pathlib import Path
+
+    stamp = "%Y-%m-%d %H:%M:%S"
+    constant = f"{interval_start:{stamp}}\t{interval_end:{stamp}}\t{interval_end:{stamp}}\n"
+    tails = {src: f"\t{label}\t{src}\t{constant}" for src, label in SOURCE_LABELS.items()}
+    columns = ", ".join(SAMPLE_COLUMNS)
+    with tempfile.TemporaryDirectory(prefix="samples-") as tmp:
+        for mode, rows in (("IGNORE", negatives), ("REPLACE", positives)):
+            path = Path(tmp) / f"{mode.lower()}.tsv"
+            with path.open("w", encoding="utf-8") as out:
+                out.writelines(
+                    f"{int(u)}\t{int(i)}{tails[src]}"
+                    for u, i, src in zip(
+                        rows.user_ids.tolist(), rows.item_ids.tolist(), rows.sources.tolist(),
+                        strict=True,
+                    )
+                )  # fmt: skip
+            # the path is ours (a temp dir), ints/whitelisted text inside: nothing to escape
+            conn.exec_driver_sql(
+                f"LOAD DATA LOCAL INFILE '{path.as_posix()}' {mode} INTO TABLE samples "
+                f"CHARACTER SET utf8mb4 FIELDS TERMINATED BY '\\t' ({columns})"
+            )
+            log.info("LOAD DATA %s: %d rows from %s", mode, len(rows), path.name)
+
+
+def _mysql_values(
+    rows: SampleRows, chunk: slice, interval_start: datetime, interval_end: datetime
+) -> str:
+    """The ``VALUES`` list of one chunk as SQL text (ints, whitelisted sources, timestamps)."""
     start_s = interval_start.strftime("'%Y-%m-%d %H:%M:%S'")
     end_s = interval_end.strftime("'%Y-%m-%d %H:%M:%S'")
     tail = {
         src: f",{label},'{src}',{start_s},{end_s},{end_s})" for src, label in SOURCE_LABELS.items()
     }
-    values = ",".join(
+    return ",".join(
         f"({int(u)},{int(i)}{tail[src]}"
         for u, i, src in zip(
             rows.user_ids[chunk].tolist(),
@@ -371,4 +484,3 @@ def _mysql_write_chunk(
             strict=True,
         )
     )
-    conn.exec_driver_sql(head + values)

@@ -105,3 +105,35 @@ def test_rerun_changes_nothing_and_positive_overrides_negative(recsys_settings) 
     rows = {(r[0], r[1]): r for r in _samples(recsys_settings)}
     assert rows[(2, 6)][2:4] == (1, "positive")
     assert rows[(1, 2)][2:4] == (1, "positive")
+
+
+@pytest.mark.mariadb
+def test_insert_and_load_data_paths_write_the_same_rows(mariadb_database, settings) -> None:  # type: ignore[no-untyped-def]
+    assert "local_infile=1" in mariadb_database
+    s = settings.replace(recsys_db_url=mariadb_database)
+    engine = get_engine(s.recsys_db_url)
+    schema.create_recsys_schema(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(schema.mirror_illusts),
+            [{"illust_id": i, "create_time": DAY0 - DAY} for i in range(1, 41)],
+        )
+        conn.execute(
+            sa.insert(schema.mirror_interactions),
+            [
+                {"user_id": u, "illust_id": 1 + (u * 7 + k) % 40, "label": 1,
+                 "create_time": DAY0 + timedelta(hours=k)}
+                for u in range(1, 9) for k in range(5)
+            ],
+        )  # fmt: skip
+    written = {}
+    for method in ("insert", "load_data"):
+        with engine.begin() as conn:
+            conn.execute(sa.delete(schema.samples))
+        result = build_samples(s, DAY0, D1, seed=11, write_method=method)
+        written[method] = _samples(s)
+        assert result.samples_total == len(written[method])
+    assert written["insert"] == written["load_data"]
+    assert {r[3] for r in written["insert"]} == {"positive", "random", "popular"}
+    with pytest.raises(ValueError, match="'bogus'"):
+        build_samples(s, DAY0, D1, write_method="bogus")  # type: ignore[arg-type]
