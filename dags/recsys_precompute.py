@@ -33,9 +33,15 @@ from plugins.dag_defaults import DEFAULT_ARGS, SERVING_VECTORS, TAGS, task_setti
 def recsys_precompute() -> None:
     @task
     def precompute(params=None) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from tasks.ops import live_namespace
         from tasks.precompute import precompute_topn
 
-        return precompute_topn(task_settings(), n=params["top_n"]).as_dict()
+        settings = task_settings()
+        if live_namespace(settings) is None:
+            raise AirflowSkipException("no live vectors yet: recsys_deploy has not refreshed any")
+        return precompute_topn(settings, n=params["top_n"]).as_dict()
 
     precompute()
 

@@ -122,9 +122,8 @@ def serving_is_current(settings: Settings, version: int) -> bool:
     The deploy DAG runs every few minutes; this lets it skip a refresh that would publish
     exactly what is already live, while new data or a new champion still refreshes.
     """
-    from tasks.kv import open_kv
     from tasks.schema import mirror_interactions
-    from tasks.vectors import current_namespace, refresh_tag
+    from tasks.vectors import refresh_tag
 
     engine = get_engine(settings.recsys_db_url)
     create_recsys_schema(engine)
@@ -132,11 +131,19 @@ def serving_is_current(settings: Settings, version: int) -> bool:
         newest = conn.execute(sa.select(sa.func.max(mirror_interactions.c.create_time))).scalar()
     if newest is None:
         return False
-    kv = open_kv(settings)
-    try:
-        live = current_namespace(kv)
-    finally:
-        kv.close()
+    live = live_namespace(settings)
     wanted = refresh_tag(version, newest)
     log.info("live KV namespace %s, a refresh now would publish %s", live, wanted)
     return live == wanted
+
+
+def live_namespace(settings: Settings) -> str | None:
+    """The KV namespace the online API reads now (None before the first vector refresh)."""
+    from tasks.kv import open_kv
+    from tasks.vectors import current_namespace
+
+    kv = open_kv(settings)
+    try:
+        return current_namespace(kv)
+    finally:
+        kv.close()
