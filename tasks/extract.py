@@ -18,7 +18,8 @@ is caught up, and rows that committed late (up to ``overlap`` after their timest
 missed. A dimension table seen for the first time (no watermark) is read in full up to
 ``end`` (the initial snapshot); so is any interval starting at or before ``low_water`` (the
 start of the earliest interval extracted), so re-running the first interval reads the same
-rows again. Interactions always start at ``start - overlap``.
+rows again. Interactions are never snapshotted: without a watermark they start at
+``start - overlap``. Rows whose timestamp is NULL fall in no window and are never read.
 
 Rows land in ``staging_<table>`` keyed by the data interval (``row_seq`` numbers them in
 arrival order, which a re-run may change: the replica is read without ORDER BY so the scan
@@ -27,6 +28,11 @@ interval's staging rows in one transaction (together with the watermark), so re-
 backfills are idempotent. Mirror tables are written by validation (``tasks.validate``),
 which upserts good rows by primary key: N backfilled intervals give the same mirror as one
 run over their union.
+
+How rows travel: when replica and recsys DB are one MySQL server and account, one
+``INSERT ... SELECT`` per table (READ COMMITTED, so no shared locks on replica rows);
+otherwise a server-side cursor streams ``batch_size`` rows at a time and, on a MySQL recsys
+DB, a writer thread sends multi-row INSERTs while the next batch is read.
 
 The replica is only ever read (production: a read-only account); on MySQL/MariaDB a
 replica-lag guard runs first (``SHOW REPLICA STATUS``).
