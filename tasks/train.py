@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -297,6 +299,7 @@ class SampleStream:
     exclude_pairs: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
     logq_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     logq_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    cache_dir: Path | None = None
 
     def __post_init__(self) -> None:
         pairs = np.asarray(self.exclude_pairs, dtype=np.int64).reshape(-1, 2)
@@ -320,6 +323,7 @@ class SampleStream:
         event = pd.to_datetime(frame["event_time"]).to_numpy().astype("datetime64[us]")
         as_of = np.where(np.isnat(event), end_us, event.astype(np.int64))
         batch = self.catalogue.gather(items)
+        batch["tags"] = batch["tags"].astype(str)  # once per chunk, not per batch
         batch["user_id"] = users
         batch["history"] = self.history.histories(users, as_of, self.params.history_len)
         batch["label"] = frame["label"].to_numpy(np.float32)
@@ -330,30 +334,64 @@ class SampleStream:
             batch["logq"][hit] = self.logq_values[pos[hit]]
         return batch
 
-    def batches(
-        self, split: Literal["train", "val"], epoch: int
-    ) -> Iterator[dict[str, np.ndarray]]:
-        """Shuffled batches of one split. Rows arrive ordered by (user, illust) in chunks of
-        ``chunk_rows`` (many users each); each chunk is permuted with a per-epoch seed and
-        leftovers carry into the next chunk, so every batch but the last is full."""
-        rng = np.random.default_rng([self.params.seed, epoch])
-        want_val = split == "val"
+    def featurized_chunks(self) -> Iterator[dict[str, dict[str, np.ndarray]]]:
+        """One pass over the table: each chunk filtered, featurized and split train/val."""
         pointwise = self.params.loss == "pointwise"
-        carry: dict[str, np.ndarray] | None = None
         for frame in self.chunks():
             users = frame["user_id"].to_numpy(np.int64)
             items = frame["illust_id"].to_numpy(np.int64)
-            keep = _val_mask(users, items, self.params.val_share) == want_val
+            keep = np.ones(len(frame), dtype=bool)
             if len(self._excluded):
                 keep &= ~np.isin(_pair_keys(users, items), self._excluded)
             if not pointwise:
                 keep &= frame["label"].to_numpy() == 1
-            frame = frame[keep]
-            if frame.empty:
-                continue
-            batch = self.featurize(frame)
-            order = rng.permutation(len(frame))
-            batch = {k: v[order] for k, v in batch.items()}
+            is_val = _val_mask(users, items, self.params.val_share)
+            out: dict[str, dict[str, np.ndarray]] = {}
+            for split, mask in (("train", keep & ~is_val), ("val", keep & is_val)):
+                if mask.any():
+                    out[split] = self.featurize(frame[mask])
+            yield out
+
+    def _cached_chunks(
+        self, split: str, rng: np.random.Generator
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Chunks of one split: from the local cache when a full pass wrote it, else streamed
+        from the database (writing the cache for both splits on the way)."""
+        cache = self.cache_dir
+        if cache is not None and (cache / "complete").exists():
+            files = sorted(cache.glob(f"{split}-*.npz"))
+            for index in rng.permutation(len(files)):
+                with np.load(files[index]) as data:
+                    yield {k: data[k] for k in data.files}
+            return
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+        for n, parts in enumerate(self.featurized_chunks()):
+            if cache is not None:
+                for name, part in parts.items():
+                    np.savez(cache / f"{name}-{n:06d}.npz", **part)
+            if split in parts:
+                yield parts[split]
+        if cache is not None:
+            (cache / "complete").touch()
+            log.info("samples cache complete at %s", cache)
+
+    def batches(
+        self, split: Literal["train", "val"], epoch: int
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Shuffled batches of one split.
+
+        The first pass streams the table (rows ordered by (user, illust), ``chunk_rows`` at a
+        time) and, with ``cache_dir`` set, writes each featurized chunk to a local ``.npz``
+        file; later epochs read those files in a per-epoch random order instead of querying
+        again. Each chunk is permuted with a per-epoch seed; leftovers carry into the next
+        chunk, so every batch but the last is full. Never more than a chunk in memory.
+        """
+        rng = np.random.default_rng([self.params.seed, epoch])
+        carry: dict[str, np.ndarray] | None = None
+        for chunk in self._cached_chunks(split, rng):
+            order = rng.permutation(len(chunk["label"]))
+            batch = {k: v[order] for k, v in chunk.items()}
             if carry is not None:
                 batch = {k: np.concatenate([carry[k], batch[k]]) for k in batch}
             size = self.params.batch_size
@@ -385,9 +423,12 @@ def dataset_from_batches(make_batches: Callable[[], Iterator[dict[str, np.ndarra
 
     def gen() -> Iterator[dict[str, np.ndarray]]:
         for batch in make_batches():
-            yield {k: (v.astype(str) if k == "tags" else v) for k, v in batch.items()}
+            if batch["tags"].dtype == object:
+                batch = {**batch, "tags": batch["tags"].astype(str)}
+            yield batch
 
-    return tf.data.Dataset.from_generator(gen, output_signature=output_signature()).prefetch(2)
+    dataset = tf.data.Dataset.from_generator(gen, output_signature=output_signature())
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 # ---------------------------------------------------------------- training loop
@@ -654,11 +695,8 @@ def train_two_tower(
 
     Idempotent: a finished run for the same interval and params is returned as is.
     """
-    import keras
     import mlflow
 
-    from tasks.db import get_engine
-    from tasks.model import ModelParams, build_two_tower, export_saved_model
 
     params = params or TrainParams()
     start, end = check_interval(interval_start, interval_end)
@@ -674,6 +712,30 @@ def train_two_tower(
     if previous is not None:
         log.info("reusing finished run %s for %s", previous.info.run_id, tags)
         return _result_from_run(previous, start, end)
+
+    settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(tempfile.mkdtemp(prefix="train-cache-", dir=settings.artifacts_dir))
+    try:
+        return _train(settings, start, end, params, config, tags, cache_dir)
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+def _train(
+    settings: Settings,
+    start: datetime,
+    end: datetime,
+    params: TrainParams,
+    config: list[FeatureSpec],
+    tags: dict[str, str],
+    cache_dir: Path,
+) -> TrainResult:
+    """The body of :func:`train_two_tower`; ``cache_dir`` holds the featurized samples."""
+    import keras
+    import mlflow
+
+    from tasks.db import get_engine
+    from tasks.model import ModelParams, build_two_tower, export_saved_model
 
     engine = get_engine(settings.recsys_db_url)
     catalogue, interactions, counts = read_training_inputs(engine, end)
@@ -703,6 +765,7 @@ def train_two_tower(
         exclude_pairs=holdout,
         logq_ids=pop.index.to_numpy(np.int64),
         logq_values=np.log(pop.to_numpy() / max(pop.sum(), 1)).astype(np.float32),
+        cache_dir=cache_dir / "samples",
     )
 
     keras.utils.set_random_seed(params.seed)

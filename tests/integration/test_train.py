@@ -156,3 +156,6 @@ def test_inbatch_softmax_trains_on_positives_only_sqlite(settings) -> None:  # t
     assert set(result.metrics) == {"HR@10", "NDCG@10", "HR@20", "NDCG@20"}
     run = mlflow.MlflowClient(settings.mlflow_tracking_uri).get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.data.params["loss"] == "inbatch_softmax"
+    assert result.epochs_run == 1
+    # The featurized-samples cache (epochs after the first read it) is removed afterwards.
+    assert not list(settings.artifacts_dir.glob("train-cache-*"))
