@@ -697,7 +697,6 @@ def train_two_tower(
     """
     import mlflow
 
-
     params = params or TrainParams()
     start, end = check_interval(interval_start, interval_end)
     config = params.features()
