@@ -65,7 +65,7 @@ from plugins.dag_defaults import (
             description="Share of negatives drawn by popularity.",
         ),
         "popularity_exponent": Param(0.75, type="number", minimum=0, maximum=2),
-        "epochs": Param(5, type="integer", minimum=1, maximum=200),
+        "epochs": Param(10, type="integer", minimum=1, maximum=200),
         "loss": Param(
             "inbatch_softmax",
             enum=["inbatch_softmax", "pointwise"],

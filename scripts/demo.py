@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artists", type=int, default=120)
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--start-date", default="2026-10-01")
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=3)
     args = parser.parse_args(argv)
 
     from tasks.datasets import write_business_frames
@@ -94,14 +94,18 @@ def main(argv: list[str] | None = None) -> int:
         start_date=start,
         seed=args.seed,
     )
-    _say(f"… generating a synthetic Pixiv-style replica ({args.users} users, {args.illusts} illusts, {args.days} days)")
+    _say(
+        f"… generating a synthetic Pixiv-style replica ({args.users} users, {args.illusts} illusts, {args.days} days)"
+    )
     counts = write_business_frames(generate_frames(config), settings.replica_url)
     _say(f"  replica {settings.replica_url}: {counts}")
 
     interval_start = datetime(start.year, start.month, start.day)
     interval_end = interval_start + timedelta(days=args.days)
-    span = {"interval_start": interval_start.isoformat() + "+00:00",
-            "interval_end": interval_end.isoformat() + "+00:00"}
+    span = {
+        "interval_start": interval_start.isoformat() + "+00:00",
+        "interval_end": interval_end.isoformat() + "+00:00",
+    }
 
     extract = _run("recsys_extract_validate", log_dir, conf=span)
     train = _run("recsys_train", log_dir, conf=span | {"epochs": args.epochs})
@@ -140,10 +144,16 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"recommend user {uid}: {shown}  [source: {answer.get('source')}]")
     _say("")
     _say(f"done in {time.monotonic() - started:.0f}s. Look at it yourself:")
-    _say("  Airflow UI : source scripts/env.sh && .venv/bin/airflow standalone   # http://localhost:8080")
-    _say(f"  MLflow UI  : .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}   # http://localhost:5000")
-    _say("  API        : source scripts/env.sh && .venv/bin/uvicorn api.app:create_app --factory --port 8000"
-         "   # curl localhost:8000/recommend/1?k=10")
+    _say(
+        "  Airflow UI : source scripts/env.sh && .venv/bin/airflow standalone   # http://localhost:8080"
+    )
+    _say(
+        f"  MLflow UI  : .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}   # http://localhost:5000"
+    )
+    _say(
+        "  API        : source scripts/env.sh && .venv/bin/uvicorn api.app:create_app --factory --port 8000"
+        "   # curl localhost:8000/recommend/1?k=10"
+    )
     return 0
 
 

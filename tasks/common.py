@@ -41,6 +41,8 @@ class StageResult:
                 value = value.isoformat()
             elif hasattr(value, "__fspath__"):
                 value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
             out[field.name] = value
         return out
 

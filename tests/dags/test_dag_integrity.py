@@ -65,7 +65,7 @@ def test_assets_chain_the_dags(dagbag) -> None:  # type: ignore[no-untyped-def]
 def test_manual_trigger_params_validate(dagbag) -> None:  # type: ignore[no-untyped-def]
     """The trigger form rejects bad values instead of starting a run with them."""
     params = dagbag.get_dag("recsys_train").params
-    assert params["epochs"] == 5
+    assert params["epochs"] == 10
     assert params.get_param("epochs").resolve(value=3) == 3
     with pytest.raises(Exception, match="minimum|less than"):
         params.get_param("epochs").resolve(value=0)

@@ -17,7 +17,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 START = date(2026, 10, 1)
-DAYS = 4
+DAYS = 7
 SPAN = {
     "interval_start": "2026-10-01T00:00:00+00:00",
     "interval_end": (datetime(2026, 10, 1) + timedelta(days=DAYS)).isoformat() + "+00:00",
@@ -37,7 +37,7 @@ def chain_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
     frames = generate_frames(
         GeneratorConfig(
-            n_users=150, n_illusts=400, n_artists=40, days=DAYS, start_date=START, seed=3
+            n_users=400, n_illusts=1500, n_artists=120, days=DAYS, start_date=START, seed=3
         )
     )
     write_business_frames(frames, load_settings().replica_url)
@@ -56,7 +56,7 @@ def chain(chain_home: Path) -> dict:
 
     outcomes = {"extract": run_dag("recsys_extract_validate", conf=SPAN)}
     assert outcomes["extract"].ok, outcomes["extract"].task_states
-    outcomes["train"] = run_dag("recsys_train", conf=SPAN | {"epochs": 3})
+    outcomes["train"] = run_dag("recsys_train", conf=SPAN | {"epochs": 10})
     assert outcomes["train"].ok, outcomes["train"].task_states
     outcomes["deploy"] = run_dag("recsys_deploy")
     assert outcomes["deploy"].ok, outcomes["deploy"].task_states
