@@ -21,6 +21,10 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_CHAMPION_TAG = "previous_champion"
 GATE_REASON_TAG = "gate_reason"
+# Registered-model tag: comma-separated champion versions in the order they were set by
+# this package. A person moving the alias in the MLflow UI bypasses it; rollback then falls
+# back to the last champion recorded here that is not the current one.
+CHAMPION_HISTORY_TAG = "champion_history"
 MODEL_ARTIFACT = "model"
 SAVED_MODEL_ARTIFACT = "saved_model"
 
@@ -159,8 +163,23 @@ def set_champion(settings: Settings, version: int, *, reason: str) -> int | None
         )
     mlflow_client.set_model_version_tag(name, str(target.version), GATE_REASON_TAG, reason)
     mlflow_client.set_registered_model_alias(name, CHAMPION, str(target.version))
+    _append_champion_history(settings, target.version)
     log.info("champion -> v%d (was %s): %s", target.version, previous, reason)
     return previous
+
+
+def champion_history(settings: Settings) -> list[int]:
+    """Champion versions in the order this package set them (oldest first)."""
+    model = client(settings).get_registered_model(settings.registered_model_name)
+    raw = (model.tags or {}).get(CHAMPION_HISTORY_TAG, "")
+    return [int(v) for v in raw.split(",") if v.strip()]
+
+
+def _append_champion_history(settings: Settings, version: int) -> None:
+    history = champion_history(settings)[-49:] + [int(version)]
+    client(settings).set_registered_model_tag(
+        settings.registered_model_name, CHAMPION_HISTORY_TAG, ",".join(map(str, history))
+    )
 
 
 def rollback(settings: Settings) -> int:
@@ -170,13 +189,19 @@ def rollback(settings: Settings) -> int:
         raise RegistryError("no champion to roll back from")
     previous = current.tags.get(PREVIOUS_CHAMPION_TAG)
     if not previous:
-        raise RegistryError(f"champion v{current.version} has no previous champion recorded")
+        # The alias was moved by hand (MLflow UI) when the current champion is not the
+        # last one we recorded: that last one is what was champion before the hand move.
+        history = champion_history(settings)
+        if not history or history[-1] == current.version:
+            raise RegistryError(f"champion v{current.version} has no previous champion recorded")
+        previous = str(history[-1])
     version = int(previous)
     get_version(settings, version)
     mlflow_client = client(settings)
     name = settings.registered_model_name
     mlflow_client.set_registered_model_alias(name, CHAMPION, str(version))
     mlflow_client.set_model_version_tag(name, str(current.version), "rolled_back_to", str(version))
+    _append_champion_history(settings, version)
     log.info("rolled back champion v%d -> v%d", current.version, version)
     return version
 

@@ -144,10 +144,18 @@ def test_champion_moved_by_hand_is_deployed_then_rolled_back(chain: dict) -> Non
     from model_registry.registry import register_challenger
     from plugins.dagrun import run_dag
     from tasks.settings import load_settings
+    from tasks.train import TrainParams, train_two_tower
 
     settings = load_settings()
     first = chain["train"].xcoms["register"]
-    second = register_challenger(settings, chain["train"].xcoms["train"]["run_id"])
+    other = train_two_tower(
+        settings,
+        SPAN["interval_start"],
+        SPAN["interval_end"],
+        params=TrainParams(loss="inbatch_softmax", epochs=1, seed=7),
+    )
+    assert other.run_id != chain["train"].xcoms["train"]["run_id"]
+    second = register_challenger(settings, other.run_id)
     assert second == first + 1
     client = mlflow.MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
     client.set_registered_model_alias(settings.registered_model_name, "champion", str(second))

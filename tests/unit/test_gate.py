@@ -136,3 +136,20 @@ def test_gate_unknown_version_and_bad_margin(settings) -> None:  # type: ignore[
         promote_if_better(settings, 99, holdout=tiny_holdout(), scorer=scorer_from({}))
     with pytest.raises(ValueError, match="-0.1"):
         promote_if_better(settings, v1, margin=-0.1, holdout=tiny_holdout(), scorer=scorer_from({}))
+
+
+def test_rollback_after_a_hand_move_returns_to_the_recorded_champion(settings) -> None:  # type: ignore[no-untyped-def]
+    """Gate promotes v1; a person moves champion to v2 in the UI; rollback serves v1 again."""
+    import mlflow
+
+    v1, v2 = make_versions(settings, 2)
+    assert promote_if_better(
+        settings, v1, holdout=tiny_holdout(), scorer=scorer_from({v1: 0.9, v2: 0.1})
+    ).promoted
+    mlflow.MlflowClient(settings.mlflow_tracking_uri).set_registered_model_alias(
+        settings.registered_model_name, CHAMPION, str(v2)
+    )
+    assert rollback(settings) == v1
+    assert resolve_alias(settings, CHAMPION).version == v1
+    with pytest.raises(RegistryError, match="no previous champion"):
+        rollback(settings)
