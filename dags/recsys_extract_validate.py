@@ -23,7 +23,7 @@ DB's mirror tables and validates it with **Great Expectations**.
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk import CronDataIntervalTimetable, dag, task
 
 from plugins.dag_defaults import (
     DEFAULT_ARGS,
@@ -31,6 +31,7 @@ from plugins.dag_defaults import (
     REPLICA_POOL,
     TAGS,
     VALIDATED_DATA,
+    interval_params,
     task_settings,
 )
 
@@ -44,22 +45,7 @@ from plugins.dag_defaults import (
     default_args=DEFAULT_ARGS,
     tags=[*TAGS, "data"],
     doc_md=__doc__,
-    params={
-        "interval_start": Param(
-            None,
-            type=["null", "string"],
-            format="date-time",
-            title="Interval start (UTC)",
-            description="Leave empty to use the run's data interval.",
-        ),
-        "interval_end": Param(
-            None,
-            type=["null", "string"],
-            format="date-time",
-            title="Interval end (UTC, exclusive)",
-            description="Leave empty to use the run's data interval.",
-        ),
-    },
+    params=interval_params("use the run's data interval"),
 )
 def recsys_extract_validate() -> None:
     @task(pool=REPLICA_POOL)
@@ -79,6 +65,7 @@ def recsys_extract_validate() -> None:
     @task(outlets=[VALIDATED_DATA], **NO_RETRY)
     def validate(extracted: dict, run_id=None, outlet_events=None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
+
         from tasks.validate import DataValidationError, validate_interval
 
         interval = extracted["interval"]

@@ -32,6 +32,7 @@ from plugins.dag_defaults import (
     NO_RETRY,
     TAGS,
     VALIDATED_DATA,
+    interval_params,
     task_settings,
 )
 
@@ -46,16 +47,7 @@ from plugins.dag_defaults import (
     tags=[*TAGS, "model"],
     doc_md=__doc__,
     params={
-        "interval_start": Param(
-            None,
-            type=["null", "string"],
-            format="date-time",
-            title="Interval start (UTC)",
-            description="Manual runs: first day to sample. Empty = from asset events.",
-        ),
-        "interval_end": Param(
-            None, type=["null", "string"], format="date-time", title="Interval end (UTC, exclusive)"
-        ),
+        **interval_params("sample the intervals named by the triggering asset events"),
         "negatives_per_positive": Param(4, type="integer", minimum=1, maximum=100),
         "popular_ratio": Param(
             0.5,

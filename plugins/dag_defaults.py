@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import Asset
+from airflow.sdk import Asset, Param
 
 from plugins.callbacks import record_task_failure
 
@@ -38,6 +38,26 @@ DEFAULT_ARGS: dict[str, Any] = {
 NO_RETRY: dict[str, Any] = {"retries": 0}
 
 TAGS = ["recsys4pix"]
+
+
+def interval_params(when_empty: str) -> dict[str, Param]:
+    """The ``interval_start``/``interval_end`` pair of a manual-trigger or backfill form."""
+    return {
+        "interval_start": Param(
+            None,
+            type=["null", "string"],
+            format="date-time",
+            title="Interval start (UTC)",
+            description=f"Leave empty to {when_empty}.",
+        ),
+        "interval_end": Param(
+            None,
+            type=["null", "string"],
+            format="date-time",
+            title="Interval end (UTC, exclusive)",
+            description=f"Leave empty to {when_empty}.",
+        ),
+    }
 
 
 def task_settings() -> Any:

@@ -25,23 +25,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from tasks.common import get_logger
+from tasks.features import ITEM_INT_FEATURES
 
 log = get_logger("serving")
 
 SIGNATURES: tuple[str, ...] = ("item_tower", "user_tower", "score")
-ITEM_INT_FEATURES: tuple[str, ...] = (
-    "illust_id",
-    "artist_id",
-    "width",
-    "height",
-    "sanity_level",
-    "restrict",
-    "x_restrict",
-    "total_bookmarks",
-    "total_view",
-)
-ITEM_FEATURES: tuple[str, ...] = (*ITEM_INT_FEATURES[:2], "tags", *ITEM_INT_FEATURES[2:])
-USER_FEATURES: tuple[str, ...] = ("user_id", "history")
 
 
 class ModelVerificationError(RuntimeError):
