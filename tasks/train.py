@@ -663,7 +663,7 @@ def read_training_inputs(
 def _experiment_id(settings: Settings) -> str:
     import mlflow
 
-    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
     experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
     if experiment is not None:
         return experiment.experiment_id
@@ -676,7 +676,7 @@ def _reusable_run(settings: Settings, tags: Mapping[str, str]) -> Any | None:
     """A finished run with the same data interval and params (idempotent re-run)."""
     import mlflow
 
-    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
     query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
     runs = client.search_runs(
         [_experiment_id(settings)], filter_string=query + " and attributes.status = 'FINISHED'"

@@ -157,7 +157,7 @@ def test_champion_moved_by_hand_is_deployed_then_rolled_back(chain: dict) -> Non
     assert other.run_id != chain["train"].xcoms["train"]["run_id"]
     second = register_challenger(settings, other.run_id)
     assert second == first + 1
-    client = mlflow.MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
     client.set_registered_model_alias(settings.registered_model_name, "champion", str(second))
 
     moved = run_dag("recsys_deploy")

@@ -58,7 +58,7 @@ def test_deploy_writes_version_config_warmup_and_live_pointer(settings, models) 
     assert 'name: "two_tower"' in config and f'base_path: "{model_base(settings)}"' in config
     assert "versions: 1" in config
     assert not list(model_base(settings).glob("*.tmp"))
-    assert result.as_dict()["removed_versions"] == ()
+    assert result.as_dict()["removed_versions"] == []
 
 
 def test_redeploy_same_version_is_a_noop(settings, models) -> None:  # type: ignore[no-untyped-def]

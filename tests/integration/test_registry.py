@@ -44,7 +44,7 @@ def test_train_register_gate_download_rollback(
     result = train_two_tower(settings, START, END, params=TrainParams(**TINY))
 
     # ---- the MLflow run: params, per-epoch curves, plot, feature config, baselines, model.
-    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["loss"] == "pointwise"

@@ -113,16 +113,16 @@ def test_gate_reads_champion_fresh_and_rollback(settings) -> None:  # type: igno
     scorer = scorer_from({v1: 0.2, v2: 0.5, v3: 0.7})
     holdout = tiny_holdout()
     assert promote_if_better(settings, v1, holdout=holdout, scorer=scorer).promoted
-    mlflow.MlflowClient(settings.mlflow_tracking_uri).set_registered_model_alias(
-        settings.registered_model_name, CHAMPION, str(v3)
-    )
+    mlflow.MlflowClient(
+        settings.mlflow_tracking_uri, settings.mlflow_tracking_uri
+    ).set_registered_model_alias(settings.registered_model_name, CHAMPION, str(v3))
     decision = promote_if_better(settings, v2, holdout=holdout, scorer=scorer)
     assert not decision.promoted and decision.reference == f"champion v{v3}"
 
     # v1 -> v2 through the gate, then roll back to v1.
-    mlflow.MlflowClient(settings.mlflow_tracking_uri).set_registered_model_alias(
-        settings.registered_model_name, CHAMPION, str(v1)
-    )
+    mlflow.MlflowClient(
+        settings.mlflow_tracking_uri, settings.mlflow_tracking_uri
+    ).set_registered_model_alias(settings.registered_model_name, CHAMPION, str(v1))
     assert promote_if_better(settings, v2, holdout=holdout, scorer=scorer).promoted
     assert rollback(settings) == v1
     assert resolve_alias(settings, CHAMPION).version == v1
@@ -146,9 +146,9 @@ def test_rollback_after_a_hand_move_returns_to_the_recorded_champion(settings) -
     assert promote_if_better(
         settings, v1, holdout=tiny_holdout(), scorer=scorer_from({v1: 0.9, v2: 0.1})
     ).promoted
-    mlflow.MlflowClient(settings.mlflow_tracking_uri).set_registered_model_alias(
-        settings.registered_model_name, CHAMPION, str(v2)
-    )
+    mlflow.MlflowClient(
+        settings.mlflow_tracking_uri, settings.mlflow_tracking_uri
+    ).set_registered_model_alias(settings.registered_model_name, CHAMPION, str(v2))
     assert rollback(settings) == v1
     assert resolve_alias(settings, CHAMPION).version == v1
     with pytest.raises(RegistryError, match="no previous champion"):
