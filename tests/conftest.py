@@ -92,3 +92,16 @@ def redis_url() -> Iterator[str]:
     client.flushdb()
     yield REDIS_TEST_URL
     client.flushdb()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop Milvus Lite servers while logging still has open streams.
+
+    milvus_lite otherwise stops them from an atexit hook after pytest closed its captured
+    streams, and its farewell log lines end the run with "I/O operation on closed file".
+    """
+    import sys
+
+    manager = sys.modules.get("milvus_lite.server_manager")
+    if manager is not None:
+        manager.server_manager_instance.release_all()
