@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -165,16 +166,29 @@ class FileKV:
             self.path, timeout=60, check_same_thread=False, isolation_level=None
         )
         with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute(
-                "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL)"
-            )
-            self._conn.execute(
-                "CREATE TABLE IF NOT EXISTS zset (key TEXT NOT NULL, member TEXT NOT NULL,"
-                " score REAL NOT NULL, PRIMARY KEY (key, member))"
-            )
-            self._conn.execute("CREATE INDEX IF NOT EXISTS ix_zset_score ON zset (key, score)")
+            self._init_schema()
+
+    def _init_schema(self, attempts: int = 200) -> None:
+        """WAL mode and tables. Switching to WAL takes an exclusive lock and SQLite reports
+        "database is locked" at once (no busy wait) when another process opens the same
+        file at that moment, so retry for a bounded time."""
+        statements = (
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=NORMAL",
+            "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS zset (key TEXT NOT NULL, member TEXT NOT NULL,"
+            " score REAL NOT NULL, PRIMARY KEY (key, member))",
+            "CREATE INDEX IF NOT EXISTS ix_zset_score ON zset (key, score)",
+        )
+        for attempt in range(attempts):
+            try:
+                for sql in statements:
+                    self._conn.execute(sql)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == attempts - 1:
+                    raise
+                time.sleep(0.05)
 
     def _write(self, sql_rows: Iterable[tuple[str, Iterable[tuple]]]) -> int:
         """Run statements in one transaction; returns the total affected row count."""
