@@ -2,8 +2,14 @@
 same rows, on MariaDB, in the same run.
 
 Replica and recsys DB live on one server here, so ``extract_interval``'s default is the
-server-side ``INSERT ... SELECT`` copy (``ratio``); the path used when the replica is another
-server (server-side cursor + writer thread) is measured too (``streamed_path_ratio``).
+server-side ``INSERT ... SELECT`` copy (``ratio``). The paths used when the replica is another
+server are measured too, forced with ``server_side_copy=False`` (separate connections, rows
+through Python): ``load_data`` (recsys URL with ``local_infile=1``: ``load_data_ratio``) and
+multi-row INSERTs (``insert_path_ratio``). See ``tasks.extract.copy_method``.
+
+The floor is the plain streaming SELECT as this code base reads (SQLAlchemy,
+``stream_results``); the same SELECT through a bare DB-API ``SSCursor`` (no row objects) is
+reported beside it (``raw_cursor_select_rows_per_s``), as the strictest possible floor.
 
 The replica (database ``bench_extract_replica``) is seeded with ``--rows`` interactions in one
 day by ``INSERT ... SELECT`` from MariaDB's sequence engine (fixed formula, so every run
@@ -23,7 +29,7 @@ import sqlalchemy as sa
 
 from tasks import schema
 from tasks.db import get_engine
-from tasks.extract import extract_interval, replica_select
+from tasks.extract import copy_method, extract_interval, replica_select
 from tasks.settings import load_settings
 
 ROOT_URL = os.environ.get("RECSYS_TEST_MARIADB", "mysql+mysqldb://root@127.0.0.1:3306")
@@ -64,6 +70,29 @@ def plain_select(url: str, batch_size: int) -> int:
     return n
 
 
+def raw_cursor_select(batch_size: int) -> int:
+    """The same rows through a bare MySQLdb server-side cursor (no SQLAlchemy rows)."""
+    import MySQLdb
+    from MySQLdb.cursors import SSCursor
+
+    url = sa.make_url(ROOT_URL)
+    conn = MySQLdb.connect(
+        host=url.host or "127.0.0.1", port=url.port or 3306, user=url.username or "root",
+        password=url.password or "", database=REPLICA_DB, charset="utf8mb4",
+    )  # fmt: skip
+    engine = sa.create_engine(f"{ROOT_URL}/{REPLICA_DB}")
+    compiled = replica_select("interactions", START - OVERLAP, END).compile(dialect=engine.dialect)
+    params = [compiled.params[k] for k in compiled.positiontup or ()]
+    cursor = conn.cursor(SSCursor)
+    cursor.execute(str(compiled), params)
+    n = 0
+    while rows := cursor.fetchmany(batch_size):
+        n += len(rows)
+    conn.close()
+    engine.dispose()
+    return n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -80,49 +109,66 @@ def main() -> None:
     )
     recsys = get_engine(settings.recsys_db_url)
     schema.create_recsys_schema(recsys)
-    ours, streamed, floor = [], [], []
+    with_infile = settings.replace(recsys_db_url=settings.recsys_db_url + "&local_infile=1")
+    paths = {  # name -> (settings, server_side_copy, expected copy method)
+        "ours": (settings, None, "insert_select"),
+        "load_data": (with_infile, False, "load_data"),
+        "insert": (settings, False, "insert"),
+    }
+    times: dict[str, list[float]] = {name: [] for name in [*paths, "plain", "raw_cursor"]}
     for repeat in range(args.repeats):
         began = time.perf_counter()
         n_plain = plain_select(replica_url, args.batch_size)
-        floor.append(time.perf_counter() - began)
-        for mode, times in ((None, ours), (False, streamed)):
+        times["plain"].append(time.perf_counter() - began)
+        began = time.perf_counter()
+        if raw_cursor_select(args.batch_size) != n_plain:
+            raise SystemExit("raw cursor SELECT read another number of rows")
+        times["raw_cursor"].append(time.perf_counter() - began)
+        for name, (run_settings, mode, method) in paths.items():
+            got = copy_method(
+                sa.make_url(run_settings.replica_url), sa.make_url(run_settings.recsys_db_url), mode
+            )
+            if got != method:
+                raise SystemExit(f"{name}: copy method {got}, expected {method}")
             # each timed run starts from an empty staging table (a first run of the interval,
             # not a re-run that must first delete the previous run's million rows)
             with recsys.begin() as conn:
                 conn.execute(sa.text("TRUNCATE TABLE staging_interactions"))
             began = time.perf_counter()
             result = extract_interval(
-                settings, START, END, run_id=f"bench{repeat}", batch_size=args.batch_size,
+                run_settings, START, END, run_id=f"bench{repeat}", batch_size=args.batch_size,
                 overlap=OVERLAP, tables=("interactions",), server_side_copy=mode,
             )  # fmt: skip
-            times.append(time.perf_counter() - began)
+            times[name].append(time.perf_counter() - began)
             n_ours = result.rows["interactions"]
             if n_ours != n_plain:
-                raise SystemExit(f"row counts differ: extract {n_ours} vs plain SELECT {n_plain}")
+                raise SystemExit(f"row counts differ: {name} {n_ours} vs plain SELECT {n_plain}")
         print(
-            f"repeat {repeat}: plain {floor[-1]:.2f}s, extract (default: server-side copy) "
-            f"{ours[-1]:.2f}s, extract (streamed through Python) {streamed[-1]:.2f}s, "
-            f"{n_ours} rows",
+            f"repeat {repeat}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items())
+            + f" ({n_plain} rows)",
             flush=True,
-        )
+        )  # fmt: skip
     with admin.begin() as conn:
         for db in (REPLICA_DB, RECSYS_DB):
             conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{db}`"))
-    ours_rps, floor_rps = n_ours / min(ours), n_plain / min(floor)
+    rps = {name: n_plain / min(t) for name, t in times.items()}
     print(json.dumps({
         "bench": "extract",
-        "ratio": round(ours_rps / floor_rps, 3),
+        "ratio": round(rps["ours"] / rps["plain"], 3),
         "target": 0.8,
-        "rows": n_ours,
-        "ours_rows_per_s": round(ours_rps),
-        "plain_select_rows_per_s": round(floor_rps),
-        "ours_s": [round(x, 2) for x in ours],
-        "plain_select_s": [round(x, 2) for x in floor],
-        "streamed_path_rows_per_s": round(n_ours / min(streamed)),
-        "streamed_path_ratio": round(n_ours / min(streamed) / floor_rps, 3),
-        "streamed_path_s": [round(x, 2) for x in streamed],
+        "rows": n_plain,
+        "ours_rows_per_s": round(rps["ours"]),
+        "plain_select_rows_per_s": round(rps["plain"]),
+        "load_data_rows_per_s": round(rps["load_data"]),
+        "load_data_ratio": round(rps["load_data"] / rps["plain"], 3),
+        "insert_path_rows_per_s": round(rps["insert"]),
+        "insert_path_ratio": round(rps["insert"] / rps["plain"], 3),
+        "raw_cursor_select_rows_per_s": round(rps["raw_cursor"]),
+        "ratio_vs_raw_cursor": round(rps["ours"] / rps["raw_cursor"], 3),
+        "load_data_ratio_vs_raw_cursor": round(rps["load_data"] / rps["raw_cursor"], 3),
+        "seconds": {name: [round(x, 2) for x in t] for name, t in times.items()},
         "note": "ours = extract_interval's default on one server (INSERT ... SELECT); "
-        "streamed_path = the cross-server path (server-side cursor + writer thread)",
+        "load_data / insert = the cross-server paths (rows through Python)",
         "batch_size": args.batch_size,
     }))  # fmt: skip
 

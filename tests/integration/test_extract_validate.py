@@ -17,7 +17,12 @@ import sqlalchemy as sa
 
 from tasks import schema
 from tasks.db import get_engine
-from tasks.extract import ReplicaLagError, extract_interval, read_replica_status
+from tasks.extract import (
+    ReplicaLagError,
+    copy_method,
+    extract_interval,
+    read_replica_status,
+)
 from tasks.validate import DataValidationError, validate_interval
 from tests.conftest import MARIADB_ROOT_URL
 from tests.integration.extract_data import (
@@ -283,32 +288,59 @@ def test_replica_is_read_only_and_not_replicating(
 
 
 @pytest.mark.mariadb
-def test_streamed_and_server_side_copies_agree(
+def test_every_copy_method_stages_the_same_rows(
     mariadb_database, second_mariadb_database, settings
 ) -> None:  # type: ignore[no-untyped-def]
+    """insert_select, load_data, insert (multi-row literals) and executemany stage the
+    same rows, text with every character LOAD DATA and SQL literals must escape included."""
     world = tiny_world()
     world["illusts"][0]["tags"] = tags_json("it's", 'back\\slash "quoted"', "猫 🐈", "%s")
+    world["illusts"][2]["tags"] = "tab\there\nnewline\r\n\\N \\t literal \\"
     world["users"][0]["username"] = "O'Brien\\"
+    world["users"][1]["username"] = "\\N"  # the text \N, not NULL
+    world["users"][2]["username"] = None
     world["illusts"][1]["artist_id"] = None  # a NULL forces the value-by-value formatter
+    world["interactions"][0]["label"] = None
     seed_replica(get_engine(mariadb_database), world)
-    s = settings.replace(replica_url=mariadb_database, recsys_db_url=second_mariadb_database)
-    recsys = get_engine(s.recsys_db_url)
+    no_infile = second_mariadb_database.replace("&local_infile=1", "")
+    s = settings.replace(replica_url=mariadb_database, recsys_db_url=no_infile)
     window = (DAY0, DAY0 + 2 * DAY)
-    streamed = extract_interval(s, *window, run_id="r", server_side_copy=False, batch_size=7)
-    staged = {
-        name: table_rows(recsys, table, exclude=("row_seq",))
-        for name, table in schema.STAGING_TABLES.items()
-    }
-    # re-running the first interval re-reads its snapshot, here with the server-side copy
-    copied = extract_interval(s, *window, run_id="r", server_side_copy=True)
-    assert streamed.rows == copied.rows
-    for name, table in schema.STAGING_TABLES.items():
-        assert table_rows(recsys, table, exclude=("row_seq",)) == staged[name], name
-        with recsys.connect() as conn:
-            seqs = sorted(conn.execute(sa.select(table.c.row_seq)).scalars())
-        assert seqs == list(range(len(staged[name])))  # row_seq numbers rows 0..n-1
+    with_infile = s.replace(recsys_db_url=no_infile + "&local_infile=1")
+    replica_url, recsys_url = sa.make_url(s.replica_url), sa.make_url(no_infile)
+    infile_url = sa.make_url(with_infile.recsys_db_url)
+    assert copy_method(replica_url, recsys_url, None) == "insert_select"  # one server
+    assert copy_method(replica_url, recsys_url, False) == "insert"
+    assert copy_method(replica_url, infile_url, False) == "load_data"
+    other_account = recsys_url.set(username="someone_else")
+    assert (
+        copy_method(replica_url, other_account.update_query_dict({"local_infile": "1"}), None)
+        == "load_data"
+    )
+
+    def staged_after(run_settings, **kwargs) -> tuple[dict, dict]:  # type: ignore[no-untyped-def]
+        result = extract_interval(run_settings, *window, run_id="r", batch_size=7, **kwargs)
+        recsys = get_engine(run_settings.recsys_db_url)
+        rows = {}
+        for name, table in schema.STAGING_TABLES.items():
+            rows[name] = table_rows(recsys, table, exclude=("row_seq",))
+            with recsys.connect() as conn:
+                seqs = sorted(conn.execute(sa.select(table.c.row_seq)).scalars())
+            assert seqs == list(range(len(rows[name]))), name  # row_seq numbers rows 0..n-1
+        return result.rows, rows
+
+    # re-running the first interval re-reads its snapshot, each time by another method
+    counts, staged = staged_after(s, server_side_copy=False)  # insert
+    for run_settings, kwargs in (
+        (with_infile, {"server_side_copy": False}),  # load_data
+        (s, {"server_side_copy": True}),  # insert_select (one server, one account)
+    ):
+        assert staged_after(run_settings, **kwargs) == (counts, staged), kwargs
+    sqlite = s.replace(recsys_db_url=f"sqlite:///{s.home / 'recsys-copy.db'}")
+    assert staged_after(sqlite) == (counts, staged)  # executemany
+    assert counts["interactions"] > 0 and counts["illusts"] == len(world["illusts"])
     assert world["illusts"][0]["tags"] in {r[4] for r in staged["illusts"]}
-    assert "O'Brien\\" in {r[3] for r in staged["users"]}
+    assert world["illusts"][2]["tags"] in {r[4] for r in staged["illusts"]}
+    assert {"O'Brien\\", "\\N", None} <= {r[3] for r in staged["users"]}
     assert None in {r[3] for r in staged["illusts"]}
     with pytest.raises(ValueError, match="one MySQL server"):
         extract_interval(
