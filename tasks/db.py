@@ -73,6 +73,13 @@ def replace_into(table: sa.Table, dialect_name: str) -> Insert:
 MYSQL_MAX_STATEMENT_BYTES = 4 * 1024 * 1024
 
 
+def local_infile_enabled(url: sa.URL | str) -> bool:
+    """True when a MySQL URL asks the driver for ``LOAD DATA LOCAL INFILE`` (``local_infile``
+    = 1/true in its query, as written by hand or by an Airflow MySQL connection's extra)."""
+    value = sa.make_url(url).query.get("local_infile", "0")
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
 def bulk_execute(
     conn: sa.Connection,
     statement: Insert,

@@ -62,7 +62,7 @@ import sqlalchemy as sa
 
 from tasks import schema
 from tasks.common import StageResult, check_interval, get_logger
-from tasks.db import bulk_execute, get_engine
+from tasks.db import bulk_execute, get_engine, local_infile_enabled
 from tasks.settings import Settings
 
 log = get_logger("extract")
@@ -397,8 +397,7 @@ def copy_method(replica: sa.URL, recsys: sa.URL, server_side_copy: bool | None) 
         return "insert_select"
     if not _mysql_url(recsys):
         return "executemany"
-    local_infile = str(recsys.query.get("local_infile", "0")).lower() in ("1", "true")
-    return "load_data" if local_infile and _mysql_url(replica) else "insert"
+    return "load_data" if local_infile_enabled(recsys) and _mysql_url(replica) else "insert"
 
 
 def _copy_server_side(

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from tasks import schema
 from tasks.common import StageResult, check_interval, get_logger
-from tasks.db import bulk_execute, get_engine, insert_ignore, replace_into
+from tasks.db import bulk_execute, get_engine, insert_ignore, local_infile_enabled, replace_into
 from tasks.settings import Settings
 
 log = get_logger("sampling")
@@ -338,8 +338,7 @@ def write_samples(
     with engine.begin() as conn:
         dialect = conn.dialect.name
         if dialect in ("mysql", "mariadb"):
-            local_infile = str(engine.url.query.get("local_infile", "0")) in ("1", "true")
-            if method == "load_data" or (method == "auto" and local_infile):
+            if method == "load_data" or (method == "auto" and local_infile_enabled(engine.url)):
                 _mysql_load_data(conn, negatives, positives, interval_start, interval_end)
             else:
                 _mysql_write(conn, negatives, positives, interval_start, interval_end, chunk_rows)

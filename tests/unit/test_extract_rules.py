@@ -1,13 +1,17 @@
-"""Replica-lag decisions and the watermark lower-bound rule (pure functions)."""
+"""Replica-lag decisions, the watermark lower-bound rule and the choice of copy method
+(pure functions)."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 
+from tasks.db import local_infile_enabled
 from tasks.extract import (
     ReplicaLagError,
+    copy_method,
     decide_replica_lag,
     lower_bound,
     replica_select,
@@ -92,3 +96,45 @@ def test_illusts_window_reads_updated_or_created_rows() -> None:
     assert "illusts.update_time >=" in sql and "illusts.create_time >=" in sql and " OR " in sql
     sql = str(replica_select("interactions", None, datetime(2024, 1, 2)))
     assert "interactions.create_time <" in sql and ">=" not in sql
+
+
+REPLICA = "mysql+mysqldb://reader:pw@replica:3306/pixiv"
+RECSYS = "mysql+mysqldb://writer:pw@recsys:3306/recsys?charset=utf8mb4"
+
+
+@pytest.mark.parametrize(
+    ("replica", "recsys", "server_side_copy", "expected"),
+    [
+        # one server and one account: the server copies the rows itself
+        (REPLICA, "mysql+mysqldb://reader:pw@replica:3306/recsys", None, "insert_select"),
+        (REPLICA, "mysql+mysqldb://reader:pw@replica/recsys?local_infile=1", False, "load_data"),
+        (REPLICA, "mysql+mysqldb://reader:pw@replica:3306/recsys", False, "insert"),
+        # two servers: LOAD DATA only when the recsys URL allows LOCAL INFILE
+        (REPLICA, RECSYS, None, "insert"),
+        (REPLICA, RECSYS + "&local_infile=1", None, "load_data"),
+        (REPLICA, RECSYS + "&local_infile=True", None, "load_data"),  # Airflow extra's form
+        (REPLICA, RECSYS + "&local_infile=0", None, "insert"),
+        ("sqlite:////tmp/replica.db", RECSYS + "&local_infile=1", None, "insert"),
+        (REPLICA, "sqlite:////tmp/recsys.db", None, "executemany"),
+        ("sqlite:////tmp/replica.db", "sqlite:////tmp/recsys.db", False, "executemany"),
+    ],
+)
+def test_copy_method(
+    replica: str, recsys: str, server_side_copy: bool | None, expected: str
+) -> None:
+    got = copy_method(sa.make_url(replica), sa.make_url(recsys), server_side_copy)
+    assert got == expected
+
+
+def test_server_side_copy_across_servers_is_refused() -> None:
+    with pytest.raises(ValueError, match="one MySQL server"):
+        copy_method(sa.make_url(REPLICA), sa.make_url(RECSYS), True)
+
+
+def test_local_infile_enabled() -> None:
+    assert [
+        local_infile_enabled(f"mysql://h/d?local_infile={v}") for v in ("1", "true", "True")
+    ] == [True] * 3
+    assert [local_infile_enabled(u) for u in ("mysql://h/d?local_infile=0", "mysql://h/d")] == [
+        False
+    ] * 2
