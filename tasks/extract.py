@@ -418,13 +418,18 @@ def _copy_server_side(
     columns = [c.name for c in source.columns]
     staging = schema.STAGING_TABLES[table_name]
     inner = query.subquery()
-    # Rows are numbered with a session variable: ROW_NUMBER() OVER () would make the server
-    # materialise the whole window in a temp table first (~35% slower, bench/extract.py).
-    out.exec_driver_sql(f"SET {_SEQ_VARIABLE} = -1")
+    row_seq: sa.ColumnElement[Any]
+    if row_numbering(out.dialect) == "variable":
+        # MariaDB: number rows with a session variable; ROW_NUMBER() OVER () makes the server
+        # materialise the whole window in a temp table first (~35% slower, bench/extract.py).
+        out.exec_driver_sql(f"SET {_SEQ_VARIABLE} = -1")
+        row_seq = sa.literal_column(f"({_SEQ_VARIABLE} := {_SEQ_VARIABLE} + 1)", sa.BigInteger())
+    else:
+        row_seq = sa.func.row_number().over() - 1
     select = sa.select(
         sa.literal(start, sa.DateTime),
         sa.literal(end, sa.DateTime),
-        sa.literal_column(f"({_SEQ_VARIABLE} := {_SEQ_VARIABLE} + 1)", BigIntType),
+        row_seq,
         *[inner.c[c] for c in columns],
         sa.literal(run_id, sa.String),
     )
@@ -433,9 +438,14 @@ def _copy_server_side(
     return int(result.rowcount)
 
 
-#: Session variable numbering staged rows (``row_seq``) in the MySQL copy paths.
+#: Session variable numbering staged rows (``row_seq``) in the MariaDB INSERT ... SELECT.
 _SEQ_VARIABLE = "@recsys_row_seq"
-BigIntType = sa.BigInteger()
+
+
+def row_numbering(dialect: sa.Dialect) -> Literal["variable", "window"]:
+    """How INSERT ... SELECT numbers rows: a session variable on MariaDB, ``ROW_NUMBER()``
+    on MySQL, where assigning variables inside expressions is deprecated (8.0.13+)."""
+    return "variable" if getattr(dialect, "is_mariadb", False) else "window"
 
 
 def load_data_line(table: sa.Table) -> sa.ColumnElement[str]:
@@ -488,8 +498,7 @@ def _copy_load_data(
     setup = dbapi_out.cursor()
     try:
         setup.execute(
-            f"SET {_SEQ_VARIABLE} = -1, @recsys_interval_start = %s, "
-            "@recsys_interval_end = %s, @recsys_run_id = %s",
+            "SET @recsys_interval_start = %s, @recsys_interval_end = %s, @recsys_run_id = %s",
             (start, end, run_id),
         )
     finally:
@@ -500,10 +509,10 @@ def _copy_load_data(
         _LoadDataWriter(
             dbapi_out,
             f"INTO TABLE `{staging.name}` CHARACTER SET utf8mb4 "
-            f"FIELDS TERMINATED BY '\\t' ({columns}) "
+            f"FIELDS TERMINATED BY '\\t' (`row_seq`, {columns}) "
             f"SET data_interval_start = @recsys_interval_start, "
             f"data_interval_end = @recsys_interval_end, "
-            f"row_seq = ({_SEQ_VARIABLE} := {_SEQ_VARIABLE} + 1), run_id = @recsys_run_id",
+            "run_id = @recsys_run_id",
         ) as writer,
     ):
         raw = replica.raw_connection()
@@ -515,8 +524,13 @@ def _copy_load_data(
                 while lines := cursor.fetchmany(batch_size):
                     batch_no += 1
                     path = os.path.join(tmp, f"{batch_no}.tsv")
+                    # row_seq first: "<n>\t<line>", numbered across batches
+                    numbered = zip(
+                        range(written, written + len(lines)), map(itemgetter(0), lines), strict=True
+                    )
+                    text = "\n".join(map("%d\t%s".__mod__, numbered))
                     with open(path, "w", encoding="utf-8", newline="\n") as handle:
-                        handle.write("\n".join(map(itemgetter(0), lines)))
+                        handle.write(text)
                         handle.write("\n")
                     writer.load(path, len(lines))
                     written += len(lines)

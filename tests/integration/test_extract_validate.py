@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tasks import extract as extract_module
 from tasks import schema
 from tasks.db import get_engine
 from tasks.extract import (
@@ -22,6 +23,7 @@ from tasks.extract import (
     copy_method,
     extract_interval,
     read_replica_status,
+    row_numbering,
 )
 from tasks.validate import DataValidationError, validate_interval
 from tests.conftest import MARIADB_ROOT_URL
@@ -289,7 +291,7 @@ def test_replica_is_read_only_and_not_replicating(
 
 @pytest.mark.mariadb
 def test_every_copy_method_stages_the_same_rows(
-    mariadb_database, second_mariadb_database, settings
+    mariadb_database, second_mariadb_database, settings, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     """insert_select, load_data, insert (multi-row literals) and executemany stage the
     same rows, text with every character LOAD DATA and SQL literals must escape included."""
@@ -335,6 +337,11 @@ def test_every_copy_method_stages_the_same_rows(
         (s, {"server_side_copy": True}),  # insert_select (one server, one account)
     ):
         assert staged_after(run_settings, **kwargs) == (counts, staged), kwargs
+    # MySQL's numbering (ROW_NUMBER() OVER (), no session variable) gives the same rows
+    assert row_numbering(get_engine(s.recsys_db_url).dialect) == "variable"  # MariaDB
+    monkeypatch.setattr(extract_module, "row_numbering", lambda dialect: "window")
+    assert staged_after(s, server_side_copy=True) == (counts, staged)
+    monkeypatch.undo()
     sqlite = s.replace(recsys_db_url=f"sqlite:///{s.home / 'recsys-copy.db'}")
     assert staged_after(sqlite) == (counts, staged)  # executemany
     assert counts["interactions"] > 0 and counts["illusts"] == len(world["illusts"])
