@@ -334,18 +334,15 @@ def _extract_table(
                 staging.c.data_interval_start == start, staging.c.data_interval_end == end
             )
         )
+        job = _CopyJob(replica, out, table_name, lower, start, end, run_id, batch_size)
         if method == "insert_select":
-            written = _copy_server_side(out, replica, table_name, lower, start, end, run_id)
+            written = _copy_server_side(job)
             how = "server-side INSERT ... SELECT"
         elif method == "load_data":
-            written = _copy_load_data(
-                replica, out, table_name, lower, start, end, run_id, batch_size
-            )
+            written = _copy_load_data(job)
             how = f"LOAD DATA LOCAL INFILE in batches of {batch_size}"
         else:
-            written = _copy_streamed(
-                replica, out, table_name, lower, start, end, run_id, batch_size, mysql
-            )
+            written = _copy_streamed(job, mysql=mysql)
             how = f"{method} in batches of {batch_size}"
         new_mark = end if high_water is None else max(high_water, end)
         new_low = start if low_water is None else min(low_water, start)
@@ -374,6 +371,21 @@ def _same_mysql_server(a: sa.URL, b: sa.URL) -> bool:
     ) and bool(a.database)
 
 
+@dataclass(frozen=True)
+class _CopyJob:
+    """One table's window ``[lower, end)`` to copy from the replica into staging, inside the
+    recsys-DB transaction ``out``, labelled with the data interval and run."""
+
+    replica: sa.Engine
+    out: sa.Connection
+    table_name: str
+    lower: datetime | None
+    start: datetime
+    end: datetime
+    run_id: str
+    batch_size: int
+
+
 CopyMethod = Literal["insert_select", "load_data", "insert", "executemany"]
 
 
@@ -400,41 +412,33 @@ def copy_method(replica: sa.URL, recsys: sa.URL, server_side_copy: bool | None) 
     return "load_data" if local_infile_enabled(recsys) and _mysql_url(replica) else "insert"
 
 
-def _copy_server_side(
-    out: sa.Connection,
-    replica: sa.Engine,
-    table_name: str,
-    lower: datetime | None,
-    start: datetime,
-    end: datetime,
-    run_id: str,
-) -> int:
+def _copy_server_side(job: _CopyJob) -> int:
     """Replica and recsys DB share a server: copy with one INSERT ... SELECT (no round trip
     of every row through Python)."""
-    source = schema.BUSINESS_TABLES[table_name].to_metadata(
-        sa.MetaData(), schema=replica.url.database
+    source = schema.BUSINESS_TABLES[job.table_name].to_metadata(
+        sa.MetaData(), schema=job.replica.url.database
     )
-    query = replica_select(table_name, lower, end, table=source)
+    query = replica_select(job.table_name, job.lower, job.end, table=source)
     columns = [c.name for c in source.columns]
-    staging = schema.STAGING_TABLES[table_name]
+    staging = schema.STAGING_TABLES[job.table_name]
     inner = query.subquery()
     row_seq: sa.ColumnElement[Any]
-    if row_numbering(out.dialect) == "variable":
+    if row_numbering(job.out.dialect) == "variable":
         # MariaDB: number rows with a session variable; ROW_NUMBER() OVER () makes the server
         # materialise the whole window in a temp table first (~35% slower, bench/extract.py).
-        out.exec_driver_sql(f"SET {_SEQ_VARIABLE} = -1")
+        job.out.exec_driver_sql(f"SET {_SEQ_VARIABLE} = -1")
         row_seq = sa.literal_column(f"({_SEQ_VARIABLE} := {_SEQ_VARIABLE} + 1)", sa.BigInteger())
     else:
         row_seq = sa.func.row_number().over() - 1
     select = sa.select(
-        sa.literal(start, sa.DateTime),
-        sa.literal(end, sa.DateTime),
+        sa.literal(job.start, sa.DateTime),
+        sa.literal(job.end, sa.DateTime),
         row_seq,
         *[inner.c[c] for c in columns],
-        sa.literal(run_id, sa.String),
+        sa.literal(job.run_id, sa.String),
     )
     target = ["data_interval_start", "data_interval_end", "row_seq", *columns, "run_id"]
-    result = out.execute(sa.insert(staging).from_select(target, select))
+    result = job.out.execute(sa.insert(staging).from_select(target, select))
     return int(result.rowcount)
 
 
@@ -469,43 +473,34 @@ def load_data_line(table: sa.Table) -> sa.ColumnElement[str]:
     return sa.func.concat_ws(sa.literal("\t"), *fields, type_=sa.Text)
 
 
-def _copy_load_data(
-    replica: sa.Engine,
-    out: sa.Connection,
-    table_name: str,
-    lower: datetime | None,
-    start: datetime,
-    end: datetime,
-    run_id: str,
-    batch_size: int,
-) -> int:
+def _copy_load_data(job: _CopyJob) -> int:
     """Stream the window as LOAD DATA text lines (rendered by the replica) through temp
     files into staging; a writer thread loads file k while this thread reads batch k+1."""
     import tempfile
 
-    business = schema.BUSINESS_TABLES[table_name]
-    inner = replica_select(table_name, lower, end).subquery()
+    business = schema.BUSINESS_TABLES[job.table_name]
+    inner = replica_select(job.table_name, job.lower, job.end).subquery()
     query = sa.select(load_data_line(inner))
-    compiled = query.compile(dialect=replica.dialect)
+    compiled = query.compile(dialect=job.replica.dialect)
     params = [compiled.params[name] for name in compiled.positiontup or ()]
-    staging = schema.STAGING_TABLES[table_name]
+    staging = schema.STAGING_TABLES[job.table_name]
     columns = ", ".join(f"`{c.name}`" for c in business.columns)
-    sql_mode = str(out.exec_driver_sql("SELECT @@SESSION.sql_mode").scalar() or "")
+    sql_mode = str(job.out.exec_driver_sql("SELECT @@SESSION.sql_mode").scalar() or "")
     if "NO_BACKSLASH_ESCAPES" in sql_mode:  # the LOAD DATA clause below spells '\\t'
-        log.info("%s: recsys session has NO_BACKSLASH_ESCAPES: multi-row INSERTs", table_name)
-        return _copy_streamed(replica, out, table_name, lower, start, end, run_id, batch_size, True)
-    dbapi_out = out.connection.dbapi_connection
+        log.info("%s: recsys session has NO_BACKSLASH_ESCAPES: multi-row INSERTs", job.table_name)
+        return _copy_streamed(job, mysql=True)
+    dbapi_out = job.out.connection.dbapi_connection
     setup = dbapi_out.cursor()
     try:
         setup.execute(
             "SET @recsys_interval_start = %s, @recsys_interval_end = %s, @recsys_run_id = %s",
-            (start, end, run_id),
+            (job.start, job.end, job.run_id),
         )
     finally:
         setup.close()
     written = 0
     with (
-        tempfile.TemporaryDirectory(prefix=f"extract-{table_name}-") as tmp,
+        tempfile.TemporaryDirectory(prefix=f"extract-{job.table_name}-") as tmp,
         _LoadDataWriter(
             dbapi_out,
             f"INTO TABLE `{staging.name}` CHARACTER SET utf8mb4 "
@@ -515,13 +510,13 @@ def _copy_load_data(
             "run_id = @recsys_run_id",
         ) as writer,
     ):
-        raw = replica.raw_connection()
+        raw = job.replica.raw_connection()
         try:
             cursor = raw.cursor(_server_side_cursor_class())
             try:
                 cursor.execute(str(compiled), params)
                 batch_no = 0
-                while lines := cursor.fetchmany(batch_size):
+                while lines := cursor.fetchmany(job.batch_size):
                     batch_no += 1
                     path = os.path.join(tmp, f"{batch_no}.tsv")
                     # row_seq first: "<n>\t<line>", numbered across batches
@@ -535,7 +530,7 @@ def _copy_load_data(
                     writer.load(path, len(lines))
                     written += len(lines)
                     if batch_no % 20 == 0:
-                        log.info("%s: %d rows read, loading", table_name, written)
+                        log.info("%s: %d rows read, loading", job.table_name, written)
             finally:
                 cursor.close()
         finally:
@@ -624,24 +619,16 @@ class _Background:
             self.raise_error()
 
 
-def _copy_streamed(
-    replica: sa.Engine,
-    out: sa.Connection,
-    table_name: str,
-    lower: datetime | None,
-    start: datetime,
-    end: datetime,
-    run_id: str,
-    batch_size: int,
-    mysql: bool,
-) -> int:
+def _copy_streamed(job: _CopyJob, *, mysql: bool) -> int:
     """Stream the window with a server-side cursor, ``batch_size`` rows at a time, into
     staging. On MySQL a writer thread sends multi-row INSERTs while the next batch is read
     (the driver releases the GIL while the server works)."""
-    staging = schema.STAGING_TABLES[table_name]
-    business = list(schema.BUSINESS_TABLES[table_name].columns)
-    query = replica_select(table_name, lower, end)
-    writer = _MysqlWriter(out, staging, business, start, end, run_id) if mysql else None
+    staging = schema.STAGING_TABLES[job.table_name]
+    business = list(schema.BUSINESS_TABLES[job.table_name].columns)
+    query = replica_select(job.table_name, job.lower, job.end)
+    writer = (
+        _MysqlWriter(job.out, staging, business, job.start, job.end, job.run_id) if mysql else None
+    )
     if writer is not None:
         # Timestamps are only copied, so read them as text: no parse into datetime and
         # format back for every value (a third of the streamed path's time).
@@ -659,18 +646,21 @@ def _copy_streamed(
     insert = sa.insert(staging)
     written = 0
     try:
-        with replica.connect() as source:
-            result = source.execution_options(stream_results=True, yield_per=batch_size).execute(
-                query
-            )
-            for batch_no, batch in enumerate(result.partitions(batch_size), start=1):
+        with job.replica.connect() as source:
+            result = source.execution_options(
+                stream_results=True, yield_per=job.batch_size
+            ).execute(query)
+            for batch_no, batch in enumerate(result.partitions(job.batch_size), start=1):
                 if writer is not None:
                     written += writer.send(written, batch)
                 else:
-                    rows = [(start, end, written + i, *row, run_id) for i, row in enumerate(batch)]
-                    written += bulk_execute(out, insert, columns, rows)
+                    rows = [
+                        (job.start, job.end, written + i, *row, job.run_id)
+                        for i, row in enumerate(batch)
+                    ]
+                    written += bulk_execute(job.out, insert, columns, rows)
                 if batch_no % 20 == 0:
-                    log.info("%s: %d rows staged so far", table_name, written)
+                    log.info("%s: %d rows staged so far", job.table_name, written)
     finally:
         if writer is not None:
             writer.close()

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tasks.db import local_infile_enabled
 from tasks.schema import business_metadata, mysql_ddl, recsys_metadata
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
@@ -85,7 +86,12 @@ def test_connection_uris_reach_settings(
         monkeypatch.delenv(name, raising=False)
     settings = load_settings(tmp_path)
     assert settings.replica_url == "mysql+mysqldb://recsys_ro:secret@mysql-replica:3306/pixiv"
-    assert settings.recsys_db_url == "mysql+mysqldb://recsys:secret@recsys-db:3306/recsys"
+    assert settings.recsys_db_url == (
+        "mysql+mysqldb://recsys:secret@recsys-db:3306/recsys?local_infile=1"
+    )
+    # ... which turns on the LOAD DATA paths of extraction and sampling, on a server that allows it
+    assert local_infile_enabled(settings.recsys_db_url)
+    assert "--local-infile=1" in compose["services"]["recsys-db"]["command"]
     assert settings.kv_url == "redis://redis:6379/1"
     assert settings.milvus_uri == "http://milvus:19530"
     assert settings.tfserving_url == "http://tfserving:8501"
