@@ -4,9 +4,10 @@
 ``GET /version``.
 
 Recommend: a fresh precomputed list (``<ns>:topn:<uid>``) if present -> else the user's vector
-(KV, or the user tower over their history when it is missing) -> ANN on the Milvus alias
-``items`` plus the hot, followed-artists'-new-works and item-CF channels, merged round-robin by
-channel head -> drop seen items -> optional DPP re-rank -> ids with score and channel.
+(KV, or the user tower over their history when it is missing) -> ANN on the Milvus collection
+the live KV namespace was built with (so one KV pointer switch moves both stores) plus the
+hot, followed-artists'-new-works and item-CF channels, merged round-robin by channel head ->
+drop seen items -> optional DPP re-rank -> ids with score and channel.
 
 It degrades instead of failing: Milvus down -> the other channels; KV down or unknown user
 -> the hot list (a copy of the last one read is kept in memory as the final fallback);
@@ -164,13 +165,27 @@ def _hot_answer(
     return {"source": "hot", "items": _items(picked), "degraded": degraded, **extra}
 
 
-def _ann(state: ServingState, vector: np.ndarray, limit: int) -> list[tuple[int, float]]:
+def _collection(view: NamespaceView | None) -> str:
+    """The Milvus collection the live KV namespace was built with (its ``meta``).
+
+    Searching it, not the ``items`` alias, keeps user vectors (KV) and item vectors (Milvus)
+    from one model version: the KV pointer is the one switch readers follow, even while a
+    refresh moves the alias and the pointer one after the other. The alias is the fallback
+    for a namespace whose meta names no collection.
+    """
     from tasks.vectors import ITEMS_ALIAS
 
+    meta = view.meta if view is not None else None
+    return str(meta.get("collection") or ITEMS_ALIAS) if meta else ITEMS_ALIAS
+
+
+def _ann(
+    state: ServingState, collection: str, vector: np.ndarray, limit: int
+) -> list[tuple[int, float]]:
     if state.milvus is None:
         raise ConnectionError("Milvus is not available")
     hits = state.milvus.search(
-        ITEMS_ALIAS,
+        collection,
         data=[np.asarray(vector, dtype=np.float32).tolist()],
         limit=limit,
         anns_field="embedding",
@@ -179,12 +194,10 @@ def _ann(state: ServingState, vector: np.ndarray, limit: int) -> list[tuple[int,
     return [(int(h["illust_id"]), float(h["distance"])) for h in hits[0]]
 
 
-def _item_vectors(state: ServingState, ids: list[int]) -> dict[int, np.ndarray]:
-    from tasks.vectors import ITEMS_ALIAS
-
+def _item_vectors(state: ServingState, collection: str, ids: list[int]) -> dict[int, np.ndarray]:
     if state.milvus is None:
         raise ConnectionError("Milvus is not available")
-    rows = state.milvus.query(ITEMS_ALIAS, ids=ids, output_fields=["illust_id", "embedding"])
+    rows = state.milvus.query(collection, ids=ids, output_fields=["illust_id", "embedding"])
     return {int(r["illust_id"]): np.asarray(r["embedding"], dtype=np.float32) for r in rows}
 
 
@@ -269,7 +282,8 @@ def recommend_for(
     channels: list[tuple[str, list[tuple[int, float]]]] = []
     if vector is not None:
         try:
-            channels.append(("ann", _ann(state, vector, min(pool + len(seen), 16_384))))
+            limit = min(pool + len(seen), 16_384)
+            channels.append(("ann", _ann(state, _collection(view), vector, limit)))
         except Exception as exc:
             log.warning("ANN failed for user %s: %s", user_id, exc)
             degraded.append("milvus")
@@ -290,7 +304,7 @@ def recommend_for(
 
     if dpp and len(candidates) > 1:
         try:
-            vectors = _item_vectors(state, [c.illust_id for c in candidates])
+            vectors = _item_vectors(state, _collection(view), [c.illust_id for c in candidates])
             usable = [c for c in candidates if c.illust_id in vectors]
             mat = np.stack([vectors[c.illust_id] for c in usable])
             quality = mat @ vector if vector is not None else np.array([c.score for c in usable])
@@ -313,9 +327,16 @@ def similar_to(state: ServingState, illust_id: int, k: int) -> dict[str, Any]:
 
     degraded: list[str] = []
     try:
-        vector = _item_vectors(state, [illust_id]).get(illust_id)
+        live: NamespaceView | None = state.namespace()
+    except Exception as exc:  # KV down: search the alias
+        log.warning("KV down for /similar/%s: %s", illust_id, exc)
+        live = None
+    collection = _collection(live)
+    try:
+        vector = _item_vectors(state, collection, [illust_id]).get(illust_id)
         if vector is not None:
-            hits = [(i, s) for i, s in _ann(state, vector, k + 1) if i != illust_id][:k]
+            hits = [(i, s) for i, s in _ann(state, collection, vector, k + 1) if i != illust_id]
+            hits = hits[:k]
             return {
                 "source": "ann",
                 "items": _items([Candidate(i, s, "ann") for i, s in hits]),
@@ -434,18 +455,20 @@ def create_app(settings: Settings | None = None, *, max_k: int = MAX_K) -> FastA
             "model_version": state.model_version,
             "collection": None,
             "kv_namespace": None,
+            "items_alias_target": None,
         }
         try:
             view = state.namespace()
             out["kv_namespace"] = view.name
             if view.meta:
+                out["collection"] = view.meta.get("collection")  # what ANN searches
                 out["vectors_model_version"] = view.meta.get("version")
                 out["data_as_of"] = view.meta.get("data_as_of")
         except Exception as exc:
             out["kv_error"] = str(exc)
         try:
             if state.milvus is not None:
-                out["collection"] = alias_target(state.milvus)
+                out["items_alias_target"] = alias_target(state.milvus)
         except Exception as exc:
             out["milvus_error"] = str(exc)
         return out

@@ -1,7 +1,8 @@
 """Precompute mode: top-N recommendations per active user as KV sorted sets.
 
-For each user active in the last ``active_days`` of data, search the Milvus alias ``items``
-with the user's vector from the live KV namespace, drop what they have seen, and store the
+For each user active in the last ``active_days`` of data, search the Milvus collection the
+live KV namespace was built with (its ``meta``; the ``items`` alias names the same one once a
+refresh has finished) with the user's vector from that namespace, drop what they have seen, and store the
 best ``n`` as the sorted set ``<namespace>:topn:<uid>`` (member = illust_id, score = the
 two-tower logit u.i, the inner product the index ranks by). ``<namespace>:topn_meta`` records
 the data time the lists describe (the namespace's ``data_as_of``, never now()), which the
@@ -70,7 +71,6 @@ def precompute_topn(
     from tasks.vectors import (
         ITEMS_ALIAS,
         RefreshError,
-        alias_target,
         current_namespace,
         namespace_meta,
         open_milvus,
@@ -88,12 +88,8 @@ def precompute_topn(
         if namespace is None or meta is None:
             raise RefreshError("no live KV namespace: run refresh_vectors first")
         as_of = datetime.fromisoformat(meta["data_as_of"])
-        target = alias_target(client, ITEMS_ALIAS)
-        if target != meta["collection"]:
-            raise RefreshError(
-                f"alias {ITEMS_ALIAS} -> {target} but namespace {namespace} was built with "
-                f"{meta['collection']}; refusing to mix model versions"
-            )
+        # the namespace's own collection, not the alias: user and item vectors of one model
+        collection = str(meta.get("collection") or ITEMS_ALIAS)
         users = active_user_ids(get_engine(settings.recsys_db_url), as_of, active_days)
         written = 0
         n_batches = max((len(users) + batch_size - 1) // batch_size, 1)
@@ -110,7 +106,7 @@ def precompute_topn(
                 continue
             limit = min(n + max(len(seen[i]) for i in present), MAX_TOPK)
             hits = client.search(
-                ITEMS_ALIAS,
+                collection,
                 data=[np.asarray(vectors[i]).tolist() for i in present],
                 limit=limit,
                 anns_field="embedding",
@@ -134,4 +130,4 @@ def precompute_topn(
         client.close()
         kv.close()
     log.info("top-%d lists for %d users under %s (data as of %s)", n, written, namespace, as_of)
-    return PrecomputeResult(namespace, meta["collection"], written, n, as_of)
+    return PrecomputeResult(namespace, collection, written, n, as_of)

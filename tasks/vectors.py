@@ -7,11 +7,17 @@ check it, then move one pointer.
   (``illust_id`` INT64 primary key, ``embedding`` FLOAT_VECTOR, ``artist_id`` INT64) ->
   insert in batches, flush, index (FLAT on Milvus Lite, AUTOINDEX on a server; inner product,
   the two-tower score), load, check the row count, then ``alter_alias`` / ``create_alias``
-  ``items`` -> new collection. Readers only ever search the alias. Older ``items_v*``
-  collections beyond ``keep_last`` are dropped afterwards, never the alias target.
+  ``items`` -> new collection. Older ``items_v*`` collections beyond ``keep_last`` are
+  dropped afterwards, never the alias target.
 * KV: everything under the namespace ``v<version>_<as_of>:`` (``user_vec:<uid>``,
   ``hist:<uid>``, ``seen:<uid>``, ``follow_new:<uid>``, ``i2i:<iid>``, ``hot``, ``meta``), then
   the pointer ``recsys:current`` is switched to it. Readers resolve the pointer first.
+
+The KV pointer is the one switch the online readers (API, precompute) follow: the namespace's
+``meta`` names the collection it was built with, and they search that collection, not the
+alias, so user vectors and item vectors always come from one model version even in the
+moment between the alias switch and the pointer switch. The alias serves everyone else
+(ad-hoc queries, dashboards) and names the same collection once a refresh has finished.
 
 The name carries the data's own clock (``as_of`` = newest mirrored interaction), not now(), so
 a re-run for the same model version and data finds and reuses its own complete output, and
@@ -455,7 +461,8 @@ def refresh_vectors(
             }
             kv.set(f"{tag}:meta", json.dumps(meta))
             log.info("wrote %d keys under KV namespace %s", len(payload) + 1, tag)
-            # Both copies are complete and checked: flip the two pointers back to back.
+            # Both copies are complete and checked: alias first, then the KV pointer, the
+            # switch online readers follow (they search the collection its meta names).
             switch_alias(client, name)
             switch_namespace(kv, tag, as_of.timestamp() + version * 1e-3)
             dropped_ns = prune_namespaces(kv, keep_last)

@@ -202,6 +202,7 @@ def test_similar_version_and_health(client, prepared) -> None:  # type: ignore[n
     assert client.get("/version").json() == {
         "model_version": 1,
         "collection": prepared["collection"],
+        "items_alias_target": prepared["collection"],
         "kv_namespace": prepared["ns"],
         "vectors_model_version": 1,
         "data_as_of": prepared["frames"].interactions["create_time"].max().isoformat(),
@@ -240,3 +241,35 @@ def test_stale_precomputed_lists_are_bypassed(client, prepared) -> None:  # type
         state.view = None
     body = client.get(f"/recommend/{prepared['topn_users'][0]}", params={"k": 5}).json()
     assert body["source"] == "precomputed"
+
+
+def test_kv_pointer_alone_decides_which_vectors_are_searched(client, prepared) -> None:  # type: ignore[no-untyped-def]
+    """Mid-refresh the ``items`` alias may already name the next collection while the KV
+    pointer still names the old namespace: the API keeps searching the collection that
+    namespace was built with, so user and item vectors never come from two models."""
+    from tasks.vectors import build_item_collection, switch_alias
+
+    state = client.app.state.serving
+    user = prepared["realtime_users"][0]
+    target = int(prepared["frames"].illusts["illust_id"].iloc[3])
+    before = client.get(f"/recommend/{user}", params={"k": 8}).json()
+    similar_before = client.get(f"/similar/{target}", params={"k": 5}).json()
+    ids = prepared["frames"].illusts["illust_id"].to_numpy(np.int64)
+    decoy = "items_decoy_next_model"
+    # the "next model": same items, unrelated vectors (reversed order of similarity)
+    rng = np.random.default_rng(3)
+    build_item_collection(
+        state.milvus, decoy, ids, rng.normal(size=(len(ids), 8)).astype(np.float32),
+        artist_ids=np.zeros(len(ids), np.int64), batch_size=100, lite=True,
+    )  # fmt: skip
+    try:
+        switch_alias(state.milvus, decoy)
+        assert state.milvus.describe_alias("items")["collection_name"] == decoy
+        after = client.get(f"/recommend/{user}", params={"k": 8}).json()
+        assert after == before and after["items"][0]["channel"] == "ann"
+        assert client.get(f"/similar/{target}", params={"k": 5}).json() == similar_before
+        assert client.get("/version").json()["collection"] == prepared["collection"]
+        assert client.get("/version").json()["items_alias_target"] == decoy
+    finally:
+        switch_alias(state.milvus, prepared["collection"])
+        state.milvus.drop_collection(decoy)
