@@ -15,8 +15,16 @@ DB's mirror tables and validates it with **Great Expectations**.
 * On success it publishes the asset **recsys_validated_data**, which schedules
   `recsys_train`.
 
-**Schedule**: daily, data interval `[00:00, 24:00)` UTC. **Backfill**:
-`airflow backfill create --dag-id recsys_extract_validate --from-date 2026-10-01 --to-date 2026-10-07`.
+**Schedule**: daily, data interval `[00:00, 24:00)` UTC, one run at a time, oldest first.
+
+**Backfill**, oldest interval first and one at a time:
+`airflow backfill create --dag-id recsys_extract_validate --from-date 2026-10-01 --to-date 2026-10-07 --max-active-runs 1`.
+Order matters: validation checks interactions and follows against the users and illusts
+already in the mirror, and a user or illust created on day N reaches the mirror with day N's
+run. Without `--max-active-runs 1` (an Airflow backfill runs 10 at once by default, whatever
+the DAG's own `max_active_runs`) or with `--run-backwards`, day N+1 can be validated before
+day N and its rows referring to day-N users are quarantined as unknown; clearing that run
+after the backfill picks them up again (nothing is lost, the run just fails first).
 **Manual trigger**: fill `interval_start`/`interval_end` in the form to extract any range.
 """
 

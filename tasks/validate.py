@@ -36,6 +36,8 @@ import json
 import math
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -206,6 +208,33 @@ def row_key(table_name: str, row: dict[str, Any]) -> str:
     return "|".join(parts)[:255]
 
 
+@contextmanager
+def gx_context_lock(gx_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``gx_dir`` for one validation.
+
+    GX's file context is not safe for concurrent writers: validations running side by side
+    (a backfill runs several intervals at once) re-save the suites and checkpoints another
+    run's checkpoint is checked against (``CheckpointRelatedResourcesFreshnessError``) and
+    rebuild the same Data Docs. One validation per GX directory at a time (``flock``: held
+    by this process, released by the kernel if it dies).
+    """
+    import fcntl
+
+    gx_dir.mkdir(parents=True, exist_ok=True)
+    with open(gx_dir / ".validate.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another validation is using %s: waiting for it", gx_dir)
+            began = time.perf_counter()
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            log.info("GX context free after %.1fs", time.perf_counter() - began)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class _GxRunner:
     """One GX file context with a pandas data source; one checkpoint per table."""
 
@@ -288,7 +317,6 @@ def validate_interval(
 
     for noisy in ("great_expectations", "great_expectations.core", "tqdm"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    runner = _GxRunner(settings.gx_dir, data_docs=data_docs)
     launch = datetime.fromisoformat(settings.site_launch)
     parameters = {"site_launch": launch, "interval_end": end}
     engine = get_engine(settings.recsys_db_url)
@@ -298,16 +326,18 @@ def validate_interval(
     to_mirror: dict[str, int] = {}
     quarantined: dict[str, int] = {}
     failures: list[dict[str, Any]] = []
-    for table_name in tables:
-        suite_dict = load_suite_dict(table_name)
-        checkpoint = runner.checkpoint(table_name, suite_dict)
-        n_read, n_good, n_bad, table_failures = _validate_table(
-            engine, checkpoint, table_name, start, end, run_id, parameters, chunk_rows
-        )
-        read[table_name], to_mirror[table_name], quarantined[table_name] = n_read, n_good, n_bad
-        failures.extend(table_failures)
-
-    docs = runner.docs_index()
+    with gx_context_lock(settings.gx_dir):
+        runner = _GxRunner(settings.gx_dir, data_docs=data_docs)
+        for table_name in tables:
+            suite_dict = load_suite_dict(table_name)
+            checkpoint = runner.checkpoint(table_name, suite_dict)
+            n_read, n_good, n_bad, table_failures = _validate_table(
+                engine, checkpoint, table_name, start, end, run_id, parameters, chunk_rows
+            )
+            read[table_name], to_mirror[table_name] = n_read, n_good
+            quarantined[table_name] = n_bad
+            failures.extend(table_failures)
+        docs = runner.docs_index()
     fatal = [f for f in failures if f["severity"] == "fail"]
     for failure in failures:
         (log.error if failure["severity"] == "fail" else log.warning)(

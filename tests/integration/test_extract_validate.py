@@ -354,3 +354,37 @@ def test_every_copy_method_stages_the_same_rows(
             s.replace(replica_url=f"sqlite:///{s.home / 'x.db'}"), DAY0, DAY0 + DAY,
             run_id="x", server_side_copy=True,
         )  # fmt: skip
+
+
+def _validate_in_child(s) -> str:  # type: ignore[no-untyped-def]
+    """Runs in a spawned process: validate the first day, report the outcome as text."""
+    try:
+        result = validate_interval(s, DAY0, DAY0 + DAY, run_id="p")
+        return f"ok {sum(result.rows_read.values())} rows, docs {bool(result.data_docs)}"
+    except Exception as exc:  # reported to the parent, which asserts on it
+        return f"{type(exc).__name__}: {exc}"
+
+
+def test_concurrent_validations_share_one_gx_context(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Validations running side by side (a manual run beside a scheduled one) share one GX
+    directory. Seen with a live scheduler: GX's CheckpointRelatedResourcesFreshnessError when
+    two runs re-saved the same suites. Three processes, three recsys DBs, one GX context:
+    all succeed and agree with a validation run alone."""
+    import multiprocessing
+
+    replica = f"sqlite:///{tmp_path / 'replica.db'}"
+    seed_replica(get_engine(replica), tiny_world())
+    runs = [
+        settings.replace(
+            home=tmp_path, replica_url=replica, recsys_db_url=f"sqlite:///{tmp_path / f'r{i}.db'}"
+        )
+        for i in range(4)
+    ]
+    for s in runs:
+        extract_interval(s, DAY0, DAY0 + DAY, run_id="p")
+    assert len({s.gx_dir for s in runs}) == 1
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        outcomes = pool.map(_validate_in_child, runs[:3])
+    assert all(o.startswith("ok") and o.endswith("docs True") for o in outcomes), outcomes
+    validate_interval(runs[3], DAY0, DAY0 + DAY, run_id="p", data_docs=False)
+    assert _mirror(runs[0]) == _mirror(runs[1]) == _mirror(runs[2]) == _mirror(runs[3])
