@@ -8,3 +8,5 @@ export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
+# `airflow standalone` starts its parts as `airflow ...` subprocesses: the venv's bin on PATH
+export PATH=$ROOT/.venv/bin:$PATH
