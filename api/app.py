@@ -345,10 +345,12 @@ def similar_to(state: ServingState, illust_id: int, k: int) -> dict[str, Any]:
     except Exception as exc:
         log.warning("ANN failed for /similar/%s: %s", illust_id, exc)
         degraded.append("milvus")
+    if live is None:
+        degraded.append("kv")
+        return _hot_answer(state, k, {illust_id}, degraded)
     try:
-        view = state.namespace()
-        if view.name:
-            pairs = decode_scored(state.kv.get(f"{view.name}:i2i:{illust_id}"))[:k]
+        if live.name:
+            pairs = decode_scored(state.kv.get(f"{live.name}:i2i:{illust_id}"))[:k]
             if pairs:
                 return {
                     "source": "i2i",

@@ -42,21 +42,19 @@ TAGS = ["recsys4pix"]
 
 def interval_params(when_empty: str) -> dict[str, Param]:
     """The ``interval_start``/``interval_end`` pair of a manual-trigger or backfill form."""
+    titles = {
+        "interval_start": "Interval start (UTC)",
+        "interval_end": "Interval end (UTC, exclusive)",
+    }
     return {
-        "interval_start": Param(
+        name: Param(
             None,
             type=["null", "string"],
             format="date-time",
-            title="Interval start (UTC)",
+            title=title,
             description=f"Leave empty to {when_empty}.",
-        ),
-        "interval_end": Param(
-            None,
-            type=["null", "string"],
-            format="date-time",
-            title="Interval end (UTC, exclusive)",
-            description=f"Leave empty to {when_empty}.",
-        ),
+        )
+        for name, title in titles.items()
     }
 
 

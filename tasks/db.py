@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -121,3 +121,54 @@ def bulk_execute(
     finally:
         cursor.close()
     return len(rows)
+
+
+class BackgroundCalls:
+    """One worker thread running submitted calls in order, at most ``depth`` waiting (so
+    memory stays bounded): the caller builds or reads the next batch while the server writes
+    this one (the MySQL driver releases the GIL while the server works).
+
+    The first error stops further calls and is re-raised on the caller's thread by
+    ``submit``/``close``. As a context manager it waits for every call on a clean exit and
+    drops the calls still queued when the block raised.
+    """
+
+    def __init__(self, name: str, depth: int = 2) -> None:
+        import queue
+        import threading
+
+        self._queue: queue.Queue[Callable[[], object] | None] = queue.Queue(maxsize=depth)
+        self._errors: list[BaseException] = []
+        self._cancelled = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> BackgroundCalls:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.close(cancel=exc_type is not None)
+
+    def _run(self) -> None:
+        while (call := self._queue.get()) is not None:
+            if not self._errors and not self._cancelled:
+                try:
+                    call()
+                except BaseException as exc:  # re-raised on the caller's thread
+                    self._errors.append(exc)
+
+    def submit(self, call: Callable[[], object]) -> None:
+        self.raise_error()
+        self._queue.put(call)
+
+    def raise_error(self) -> None:
+        if self._errors:
+            raise self._errors[0]
+
+    def close(self, *, cancel: bool = False) -> None:
+        """Stop the thread after the queued calls (``cancel``: skip them, raise nothing)."""
+        self._cancelled = cancel
+        self._queue.put(None)
+        self._thread.join()
+        if not cancel:
+            self.raise_error()

@@ -62,7 +62,7 @@ import sqlalchemy as sa
 
 from tasks import schema
 from tasks.common import StageResult, check_interval, get_logger
-from tasks.db import bulk_execute, get_engine, local_infile_enabled
+from tasks.db import BackgroundCalls, bulk_execute, get_engine, local_infile_enabled
 from tasks.settings import Settings
 
 log = get_logger("extract")
@@ -478,17 +478,18 @@ def _copy_load_data(job: _CopyJob) -> int:
     files into staging; a writer thread loads file k while this thread reads batch k+1."""
     import tempfile
 
-    business = schema.BUSINESS_TABLES[job.table_name]
-    inner = replica_select(job.table_name, job.lower, job.end).subquery()
-    query = sa.select(load_data_line(inner))
-    compiled = query.compile(dialect=job.replica.dialect)
-    params = [compiled.params[name] for name in compiled.positiontup or ()]
-    staging = schema.STAGING_TABLES[job.table_name]
-    columns = ", ".join(f"`{c.name}`" for c in business.columns)
+    from MySQLdb.cursors import SSCursor
+
     sql_mode = str(job.out.exec_driver_sql("SELECT @@SESSION.sql_mode").scalar() or "")
     if "NO_BACKSLASH_ESCAPES" in sql_mode:  # the LOAD DATA clause below spells '\\t'
         log.info("%s: recsys session has NO_BACKSLASH_ESCAPES: multi-row INSERTs", job.table_name)
         return _copy_streamed(job, mysql=True)
+    business = schema.BUSINESS_TABLES[job.table_name]
+    inner = replica_select(job.table_name, job.lower, job.end).subquery()
+    compiled = sa.select(load_data_line(inner)).compile(dialect=job.replica.dialect)
+    params = [compiled.params[name] for name in compiled.positiontup or ()]
+    staging = schema.STAGING_TABLES[job.table_name]
+    columns = ", ".join(f"`{c.name}`" for c in business.columns)
     dbapi_out = job.out.connection.dbapi_connection
     setup = dbapi_out.cursor()
     try:
@@ -512,7 +513,7 @@ def _copy_load_data(job: _CopyJob) -> int:
     ):
         raw = job.replica.raw_connection()
         try:
-            cursor = raw.cursor(_server_side_cursor_class())
+            cursor = raw.cursor(SSCursor)
             try:
                 cursor.execute(str(compiled), params)
                 batch_no = 0
@@ -538,12 +539,6 @@ def _copy_load_data(job: _CopyJob) -> int:
     return written
 
 
-def _server_side_cursor_class() -> type:
-    from MySQLdb.cursors import SSCursor
-
-    return SSCursor
-
-
 class _LoadDataWriter:
     """Runs ``LOAD DATA LOCAL INFILE <file> <clause>`` per file on a background thread, in
     order, checking each file's affected row count and warnings; deletes loaded files.
@@ -552,13 +547,13 @@ class _LoadDataWriter:
     def __init__(self, dbapi_connection: Any, clause: str) -> None:
         self._connection = dbapi_connection
         self._clause = clause
-        self._background = _Background("staging-loader")
+        self._background = BackgroundCalls("staging-loader")
 
     def __enter__(self) -> _LoadDataWriter:
         return self
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
-        self._background.close(raise_errors=exc_type is None)
+        self._background.close(cancel=exc_type is not None)
 
     def load(self, path: str, expected_rows: int) -> None:
         if "'" in path or "\\" in path:
@@ -580,43 +575,6 @@ class _LoadDataWriter:
         finally:
             cursor.close()
             os.unlink(path)
-
-
-class _Background:
-    """One worker thread running submitted calls in order, at most ``depth`` waiting (so
-    memory stays bounded). The first error stops further calls and is re-raised on the
-    caller's thread by ``submit``/``close``."""
-
-    def __init__(self, name: str, depth: int = 2) -> None:
-        import queue
-        import threading
-
-        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=depth)
-        self._errors: list[BaseException] = []
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (call := self._queue.get()) is not None:
-            if not self._errors:
-                try:
-                    call()
-                except BaseException as exc:  # re-raised on the caller's thread
-                    self._errors.append(exc)
-
-    def submit(self, call: Callable[[], None]) -> None:
-        self.raise_error()
-        self._queue.put(call)
-
-    def raise_error(self) -> None:
-        if self._errors:
-            raise self._errors[0]
-
-    def close(self, *, raise_errors: bool = True) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        if raise_errors:
-            self.raise_error()
 
 
 def _copy_streamed(job: _CopyJob, *, mysql: bool) -> int:
@@ -687,7 +645,7 @@ class _MysqlWriter:
 
     Values are rendered per column type: integers with ``int()``, datetimes as quoted ISO
     text, everything else escaped for the session's SQL mode (see ``_escaper``). Only the
-    writer thread (``_Background``) touches the connection once started; its errors are
+    writer thread (``BackgroundCalls``) touches the connection once started; its errors are
     re-raised by ``send``/``close``.
     """
 
@@ -727,7 +685,7 @@ class _MysqlWriter:
             i for i, c in enumerate(business) if isinstance(c.type, sa.DateTime)
         ]
         self._cursor = self._dbapi.cursor()
-        self._background = _Background("staging-writer", depth=3)
+        self._background = BackgroundCalls("staging-writer", depth=3)
 
     def _text(self, value: object) -> str:
         return "'" + self._escape(str(value)) + "'"

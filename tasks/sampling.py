@@ -15,17 +15,25 @@ delete-and-insert rewrites identical rows.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import sqlalchemy as sa
 
 from tasks import schema
 from tasks.common import StageResult, check_interval, get_logger
-from tasks.db import bulk_execute, get_engine, insert_ignore, local_infile_enabled, replace_into
+from tasks.db import (
+    BackgroundCalls,
+    bulk_execute,
+    get_engine,
+    insert_ignore,
+    local_infile_enabled,
+    replace_into,
+)
 from tasks.settings import Settings
 
 log = get_logger("sampling")
@@ -373,62 +381,29 @@ def _mysql_write(
     interval_end: datetime,
     chunk_rows: int,
 ) -> None:
-    """Build the statements on this thread while one worker thread runs them on ``conn``
-    (the driver releases the GIL while the server works; statements stay in order, so the
-    REPLACEs still run after every INSERT IGNORE)."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """Build the INSERT IGNORE statements, then the REPLACE ones, on this thread while a
+    background thread runs them on ``conn`` in order (so the REPLACEs still run after every
+    INSERT IGNORE); one statement running and one waiting at most (bounded memory)."""
     cursor = conn.connection.cursor()
     try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="samples-writer") as pool:
-            try:
-                _queue_statements(
-                    pool,
-                    cursor,
-                    conn,
-                    negatives,
-                    positives,
-                    interval_start,
-                    interval_end,
-                    chunk_rows,
+        with BackgroundCalls("samples-writer", depth=1) as writer:
+            for label, statement, rows in (
+                ("negatives", insert_ignore(schema.samples, conn.dialect.name), negatives),
+                ("positives", replace_into(schema.samples, conn.dialect.name), positives),
+            ):
+                head = str(
+                    statement.compile(dialect=conn.dialect, column_keys=list(SAMPLE_COLUMNS))
                 )
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+                head = head[: head.index("VALUES")] + "VALUES "
+                for offset in range(0, len(rows), chunk_rows):
+                    sql = head + _mysql_values(
+                        rows, slice(offset, offset + chunk_rows), interval_start, interval_end
+                    )
+                    writer.submit(functools.partial(cursor.execute, sql))
+                    if (offset // chunk_rows) % 25 == 24:
+                        log.info("%s: %d/%d rows sent", label, offset + chunk_rows, len(rows))
     finally:
         cursor.close()
-
-
-def _queue_statements(
-    pool: Any,
-    cursor: Any,
-    conn: sa.Connection,
-    negatives: SampleRows,
-    positives: SampleRows,
-    interval_start: datetime,
-    interval_end: datetime,
-    chunk_rows: int,
-) -> None:
-    """Submit the INSERT IGNORE statements, then the REPLACE ones, keeping at most two
-    built statements waiting (bounded memory)."""
-    pending: list[Any] = []
-    for label, statement, rows in (
-        ("negatives", insert_ignore(schema.samples, conn.dialect.name), negatives),
-        ("positives", replace_into(schema.samples, conn.dialect.name), positives),
-    ):
-        head = str(statement.compile(dialect=conn.dialect, column_keys=list(SAMPLE_COLUMNS)))
-        head = head[: head.index("VALUES")] + "VALUES "
-        for offset in range(0, len(rows), chunk_rows):
-            sql = head + _mysql_values(
-                rows, slice(offset, offset + chunk_rows), interval_start, interval_end
-            )
-            while len(pending) >= 2:  # bound memory: at most 2 statements queued
-                pending.pop(0).result()
-            pending.append(pool.submit(cursor.execute, sql))
-            if (offset // chunk_rows) % 25 == 24:
-                log.info("%s: %d/%d rows sent", label, offset + chunk_rows, len(rows))
-    for future in pending:
-        future.result()
 
 
 def _mysql_load_data(
