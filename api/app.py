@@ -31,8 +31,8 @@ from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from tasks.common import get_logger
-from tasks.settings import Settings, load_settings
+from tasks.core.common import get_logger
+from tasks.core.settings import Settings, load_settings
 
 log = get_logger("api")
 
@@ -69,14 +69,14 @@ class ServingState:
     # -- startup ------------------------------------------------------------------------
     def open(self) -> None:
         """Open every client; a dependency that is down is logged and left as None."""
-        from tasks.kv import open_kv
+        from tasks.serving.kv import open_kv
 
         try:
             self.kv = open_kv(self.settings)
         except Exception as exc:
             log.warning("KV unavailable at startup: %s", exc)
         try:
-            from tasks.vectors import open_milvus
+            from tasks.serving.vectors import open_milvus
 
             self.milvus = open_milvus(self.settings, timeout=5)
         except Exception as exc:
@@ -89,14 +89,14 @@ class ServingState:
 
     def load_model(self) -> None:
         """The live model: TF-Serving client if configured, else the SavedModel in process."""
-        from tasks.deploy import live_model_dir, live_version
+        from tasks.serving.deploy import live_model_dir, live_version
 
         try:
             self.model_version = live_version(self.settings)
             if self.model_version is None:
                 return
             if self.settings.tfserving_url:
-                from tasks.tfserving import TFServingClient
+                from tasks.serving.tfserving import TFServingClient
 
                 self.model = TFServingClient(
                     self.settings.tfserving_url,
@@ -105,7 +105,7 @@ class ServingState:
                     timeout=2.0,
                 )
             else:
-                from tasks.serving import LocalModel
+                from tasks.serving.local_model import LocalModel
 
                 self.model = LocalModel(live_model_dir(self.settings), version=self.model_version)  # type: ignore[arg-type]
         except Exception as exc:
@@ -123,8 +123,8 @@ class ServingState:
     # -- namespace ------------------------------------------------------------------------
     def namespace(self) -> NamespaceView:
         """The live namespace, its meta, topn freshness and hot list (cached ~1 s)."""
-        from tasks.recall import decode_scored
-        from tasks.vectors import current_namespace, namespace_meta
+        from tasks.serving.recall import decode_scored
+        from tasks.serving.vectors import current_namespace, namespace_meta
 
         view = self.view
         if view is not None and time.monotonic() - view.read_at < NAMESPACE_TTL_S:
@@ -156,7 +156,7 @@ def _items(candidates: list[Any]) -> list[dict[str, Any]]:
 def _hot_answer(
     state: ServingState, k: int, exclude: set[int], degraded: list[str], **extra: Any
 ) -> dict[str, Any]:
-    from tasks.recall import merge_round_robin
+    from tasks.serving.recall import merge_round_robin
 
     hot = state.view.hot if state.view else state.last_hot
     picked = merge_round_robin({"hot": hot}, k, exclude=exclude)
@@ -173,7 +173,7 @@ def _collection(view: NamespaceView | None) -> str:
     refresh moves the alias and the pointer one after the other. The alias is the fallback
     for a namespace whose meta names no collection.
     """
-    from tasks.vectors import ITEMS_ALIAS
+    from tasks.serving.vectors import ITEMS_ALIAS
 
     meta = view.meta if view is not None else None
     return str(meta.get("collection") or ITEMS_ALIAS) if meta else ITEMS_ALIAS
@@ -211,8 +211,8 @@ def recommend_for(
     window: int | None = None,
 ) -> dict[str, Any]:
     """The recommend flow with its fallbacks (see the module docstring)."""
-    from tasks.dpp import dpp_rerank
-    from tasks.recall import (
+    from tasks.serving.dpp import dpp_rerank
+    from tasks.serving.recall import (
         combine_neighbors,
         decode_ids,
         decode_scored,
@@ -233,7 +233,7 @@ def recommend_for(
         if view.topn_fresh and not dpp:
             top = state.kv.zrevrange(f"{ns}:topn:{user_id}", 0, k - 1)
             if top:
-                from tasks.recall import Candidate
+                from tasks.serving.recall import Candidate
 
                 picked = [Candidate(int(m), s, "precomputed") for m, s in top]
                 if len(picked) < k:
@@ -323,7 +323,7 @@ def recommend_for(
 
 def similar_to(state: ServingState, illust_id: int, k: int) -> dict[str, Any]:
     """Nearest items to ``illust_id`` (ANN on its item vector); item-CF, then hot, as fallbacks."""
-    from tasks.recall import Candidate, decode_scored
+    from tasks.serving.recall import Candidate, decode_scored
 
     degraded: list[str] = []
     try:
@@ -450,7 +450,7 @@ def create_app(settings: Settings | None = None, *, max_k: int = MAX_K) -> FastA
 
     @app.get("/version")
     def version(request: Request) -> dict[str, Any]:
-        from tasks.vectors import alias_target
+        from tasks.serving.vectors import alias_target
 
         state = serving(request)
         out: dict[str, Any] = {

@@ -113,13 +113,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         os.environ["RECSYS_HOME"] = str(home)
-        from tasks.db import get_engine
-        from tasks.deploy import deploy_saved_model
-        from tasks.generate import GeneratorConfig, generate_frames
-        from tasks.precompute import precompute_topn
-        from tasks.serving import HashModelSpec, export_hash_two_tower, write_mirror_frames
-        from tasks.settings import load_settings
-        from tasks.vectors import refresh_vectors
+        from tasks.core.db import get_engine
+        from tasks.core.settings import load_settings
+        from tasks.data.sources.generate import GeneratorConfig, generate_frames
+        from tasks.serving.deploy import deploy_saved_model
+        from tasks.serving.precompute import precompute_topn
+        from tasks.serving.vectors import refresh_vectors
+        from tests.doubles.fixture_model import HashModelSpec, export_hash_two_tower
+        from tests.doubles.mirror import write_mirror_frames
 
         settings = load_settings(home)
         if args.kv_url:
@@ -180,7 +181,7 @@ def main() -> None:
         workdir.mkdir()
         rt_paths = [f"/recommend/{u}?k={args.k}" for u in realtime_users]
         pc_paths = [f"/recommend/{u}?k={args.k}" for u in topn_users]
-        from tasks.recall import decode_ids, decode_vector
+        from tasks.serving.recall import decode_ids, decode_vector
 
         def direct(user: int) -> int:
             raw_vec, raw_seen = kv.mget([f"{ns}:user_vec:{user}", f"{ns}:seen:{user}"])

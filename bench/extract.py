@@ -5,7 +5,7 @@ Replica and recsys DB live on one server here, so ``extract_interval``'s default
 server-side ``INSERT ... SELECT`` copy (``ratio``). The paths used when the replica is another
 server are measured too, forced with ``server_side_copy=False`` (separate connections, rows
 through Python): ``load_data`` (recsys URL with ``local_infile=1``: ``load_data_ratio``) and
-multi-row INSERTs (``insert_path_ratio``). See ``tasks.extract.copy_method``.
+multi-row INSERTs (``insert_path_ratio``). See ``tasks.data.extract.copy_method``.
 
 The floor is the plain streaming SELECT as this code base reads (SQLAlchemy,
 ``stream_results``); the same SELECT through a bare DB-API ``SSCursor`` (no row objects) is
@@ -30,10 +30,10 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from tasks import schema
-from tasks.db import get_engine
-from tasks.extract import copy_method, extract_interval, replica_select
-from tasks.settings import load_settings
+from tasks.core import schema
+from tasks.core.db import get_engine
+from tasks.core.settings import load_settings
+from tasks.data.extract import copy_method, extract_interval, replica_select
 
 ROOT_URL = os.environ.get("RECSYS_TEST_MARIADB", "mysql+mysqldb://root@127.0.0.1:3306")
 REPLICA_DB, RECSYS_DB = "bench_extract_replica", "bench_extract_recsys"

@@ -1,8 +1,8 @@
 """Quality benchmark: two-tower vs MostPop / ItemKNN / EASE^R on a leave-last-positive split.
 
 Usage: ``python bench/quality.py [--data PATH] [--format ml-100k|movielens-csv]``.
-The two-tower model is the pipeline's own code (tasks.features / tasks.model / the
-``fit_model`` loop of tasks.train), trained next-item style on the split's train part: every
+The two-tower model is the pipeline's own code (tasks.model.features / tasks.model.two_tower / the
+``fit_model`` loop of tasks.model.training.stage), trained next-item style on the split's train part: every
 train bookmark is a target whose history is the user's earlier bookmarks (so no example sees
 its own target or the future), loss = in-batch softmax with logQ correction. Item popularity
 features (total_bookmarks / total_view) are recomputed from the train part only: the
@@ -25,8 +25,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tasks.evaluate import LeaveLastSplit, evaluate_baselines, leave_last_positive_split  # noqa: E402
-from tasks.features import default_feature_config, fit_feature_stats, item_features_from_frame  # noqa: E402
+from tasks.model.evaluate import LeaveLastSplit, evaluate_baselines, leave_last_positive_split  # noqa: E402
+from tasks.model.features import default_feature_config, fit_feature_stats, item_features_from_frame  # noqa: E402
 
 SEED = 42
 
@@ -68,8 +68,14 @@ def train_two_tower_on_split(
     import keras
     import tensorflow as tf
 
-    from tasks.model import ModelParams, build_two_tower
-    from tasks.train import ItemCatalogue, TrainParams, fit_model, keras_towers, tower_scores
+    from tasks.model.training.stage import (
+        ItemCatalogue,
+        TrainParams,
+        fit_model,
+        keras_towers,
+        tower_scores,
+    )
+    from tasks.model.two_tower import ModelParams, build_two_tower
 
     params = TrainParams(
         loss="inbatch_softmax",
@@ -149,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
     )
 
-    from tasks.loaders import read_dataset
+    from tasks.data.sources.loaders import read_dataset
 
     started = time.perf_counter()
     frames = read_dataset(args.data, args.format)

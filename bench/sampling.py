@@ -1,7 +1,7 @@
 """Benchmark: the samples write (INSERT IGNORE negatives, then REPLACE INTO positives) vs
 ``LOAD DATA LOCAL INFILE`` (its IGNORE and REPLACE forms) of the same rows, on MariaDB.
 
-Rows come from ``tasks.sampling.draw_negatives`` on a synthetic catalogue (fixed seed).
+Rows come from ``tasks.data.sampling.draw_negatives`` on a synthetic catalogue (fixed seed).
 Every writer starts from an empty ``samples`` table in the scratch database
 ``bench_sampling``, interleaved in the same run: ``write_samples``' default (the
 ``local_infile=1`` URL makes it use LOAD DATA IGNORE/REPLACE, writing its own TSV files),
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
-from tasks import schema
-from tasks.sampling import SOURCE_LABELS, SampleRows, draw_negatives, write_samples
+from tasks.core import schema
+from tasks.data.sampling import SOURCE_LABELS, SampleRows, draw_negatives, write_samples
 
 ROOT_URL = os.environ.get("RECSYS_TEST_MARIADB", "mysql+mysqldb://root@127.0.0.1:3306")
 DB = "bench_sampling"

@@ -4,7 +4,7 @@ Both train the same two-tower model (same config, same seed, point-wise loss) on
 rows, alternately (pipeline, in-memory, pipeline, in-memory: 3 epochs a fit); the medians of
 the examples/s of every epoch but each fit's first (tracing) are compared.
 * pipeline: the ``samples`` table in an SQLite recsys DB, streamed in chunks by
-  ``tasks.train.SampleStream`` (history cut per example, item features gathered; the first
+  ``tasks.model.training.stage.SampleStream`` (history cut per example, item features gathered; the first
   pass writes featurized chunks to a local .npz cache that later epochs read in random
   order) -> ``tf.data.Dataset.from_generator``; ``first_pass_rows_per_s`` reports the
   database pass alone;
@@ -37,8 +37,8 @@ def seed_database(url: str, *, n_users: int, n_items: int, n_samples: int) -> No
     import pandas as pd
     import sqlalchemy as sa
 
-    from tasks.db import get_engine
-    from tasks.schema import create_recsys_schema, mirror_illusts, mirror_interactions, samples
+    from tasks.core.db import get_engine
+    from tasks.core.schema import create_recsys_schema, mirror_illusts, mirror_interactions, samples
 
     rng = np.random.default_rng(SEED)
     engine = get_engine(url)
@@ -102,10 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     import keras
     import tensorflow as tf
 
-    from tasks.db import get_engine
-    from tasks.features import default_feature_config, fit_feature_stats
-    from tasks.model import ModelParams, build_two_tower
-    from tasks.train import (
+    from tasks.core.db import get_engine
+    from tasks.model.features import default_feature_config, fit_feature_stats
+    from tasks.model.training.stage import (
         BookmarkHistory,
         SampleStream,
         TrainParams,
@@ -113,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         fit_model,
         read_training_inputs,
     )
+    from tasks.model.two_tower import ModelParams, build_two_tower
 
     params = TrainParams(
         epochs=3, batch_size=args.batch_size, dim=32, hidden=64, patience=10, seed=SEED,

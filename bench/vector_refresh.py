@@ -1,7 +1,7 @@
 """Bench: vectors/s of the refresh's Milvus write path vs a raw ``MilvusClient.insert``.
 
 Same run, same Milvus Lite file, same float32 array (fixed seed). Ours is
-``tasks.vectors.insert_vectors`` (numpy -> rows, batched inserts with progress logging) plus
+``tasks.serving.vectors.insert_vectors`` (numpy -> rows, batched inserts with progress logging) plus
 the flush; the floor is one raw ``client.insert`` of all rows built from the same array
 (as Python lists, pymilvus' fastest row form) plus the flush. Each side runs ``--repeats``
 times into fresh collections, alternating which goes first, and the best time counts
@@ -48,7 +48,7 @@ def main() -> None:
 
     from pymilvus import MilvusClient
 
-    from tasks.vectors import insert_vectors
+    from tasks.serving.vectors import insert_vectors
 
     rng = np.random.default_rng(args.seed)
     ids = np.arange(1, args.vectors + 1, dtype=np.int64)

@@ -61,7 +61,7 @@ def recsys_deploy() -> None:
     def deploy(params=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from tasks.deploy import deploy_champion
+        from tasks.serving.deploy import deploy_champion
 
         result = deploy_champion(task_settings(), keep_last=params["keep_versions"])
         if result.version is None:
@@ -72,11 +72,11 @@ def recsys_deploy() -> None:
     def refresh_vectors(deployed: dict, params=None, outlet_events=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from tasks.vectors import refresh_vectors as refresh
+        from tasks.serving.vectors import refresh_vectors as refresh
 
         settings = task_settings()
         if not params["force"]:
-            from tasks.ops import serving_is_current
+            from tasks.serving.namespace import serving_is_current
 
             if serving_is_current(settings, deployed["version"]):
                 raise AirflowSkipException(

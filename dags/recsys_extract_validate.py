@@ -58,8 +58,8 @@ from plugins.dag_defaults import (
 def recsys_extract_validate() -> None:
     @task(pool=REPLICA_POOL)
     def extract(params=None, data_interval_start=None, data_interval_end=None, run_id=None) -> dict:
-        from tasks.extract import extract_interval
-        from tasks.ops import resolve_interval
+        from tasks.core.intervals import resolve_interval
+        from tasks.data.extract import extract_interval
 
         interval = resolve_interval(
             params.get("interval_start"),
@@ -74,7 +74,7 @@ def recsys_extract_validate() -> None:
     def validate(extracted: dict, run_id=None, outlet_events=None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from tasks.validate import DataValidationError, validate_interval
+        from tasks.data.validate import DataValidationError, validate_interval
 
         interval = extracted["interval"]
         try:

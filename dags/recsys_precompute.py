@@ -35,8 +35,8 @@ def recsys_precompute() -> None:
     def precompute(params=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from tasks.ops import live_namespace
-        from tasks.precompute import precompute_topn
+        from tasks.serving.namespace import live_namespace
+        from tasks.serving.precompute import precompute_topn
 
         settings = task_settings()
         if live_namespace(settings) is None:

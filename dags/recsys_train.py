@@ -72,7 +72,7 @@ from plugins.dag_defaults import (
 def recsys_train() -> None:
     @task
     def intervals(params=None, triggering_asset_events=None) -> list[dict]:
-        from tasks.ops import intervals_from_events
+        from tasks.core.intervals import intervals_from_events
 
         extras = [
             dict(event.extra or {})
@@ -85,7 +85,7 @@ def recsys_train() -> None:
 
     @task
     def build_samples(run_intervals: list[dict], params=None) -> dict:
-        from tasks.sampling import build_samples as build
+        from tasks.data.sampling import build_samples as build
 
         settings = task_settings()
         written = [
@@ -107,7 +107,7 @@ def recsys_train() -> None:
 
     @task(**NO_RETRY)
     def train(samples: dict, params=None) -> dict:
-        from tasks.train import TrainParams, train_two_tower
+        from tasks.model.training.stage import TrainParams, train_two_tower
 
         result = train_two_tower(
             task_settings(),

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from model_registry.registry import RegistryError, list_versions, rollback, set_champion
-from tasks.settings import load_settings
+from tasks.core.settings import load_settings
 
 
 def _parser() -> argparse.ArgumentParser:

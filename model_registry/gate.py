@@ -25,10 +25,15 @@ from model_registry.registry import (
     resolve_alias,
     set_champion,
 )
-from tasks.common import StageResult, get_logger, to_naive_utc
-from tasks.evaluate import LeaveLastSplit, MostPop, evaluate_baseline, leave_last_positive_split
-from tasks.features import HISTORY_LEN
-from tasks.settings import Settings
+from tasks.core.common import StageResult, get_logger, to_naive_utc
+from tasks.core.settings import Settings
+from tasks.model.evaluate import (
+    LeaveLastSplit,
+    MostPop,
+    evaluate_baseline,
+    leave_last_positive_split,
+)
+from tasks.model.features import HISTORY_LEN
 
 log = get_logger("gate")
 
@@ -38,7 +43,7 @@ class Holdout:
     """A leave-last-positive split plus the raw item features to score its catalogue."""
 
     split: LeaveLastSplit
-    catalogue: object  # tasks.train.ItemCatalogue (kept untyped: tasks.train is heavy to import)
+    catalogue: object  # tasks.model.training.stage.ItemCatalogue (kept untyped: tasks.model.training.stage is heavy to import)
     history_len: int = HISTORY_LEN
 
 
@@ -63,10 +68,10 @@ def load_holdout(settings: Settings, interval_end: datetime | str | None = None)
     import pandas as pd
     import sqlalchemy as sa
 
-    from tasks.db import get_engine
-    from tasks.features import item_features_from_frame
-    from tasks.schema import mirror_illusts, mirror_interactions
-    from tasks.train import ItemCatalogue
+    from tasks.core.db import get_engine
+    from tasks.core.schema import mirror_illusts, mirror_interactions
+    from tasks.model.features import item_features_from_frame
+    from tasks.model.training.stage import ItemCatalogue
 
     engine = get_engine(settings.recsys_db_url)
     query = sa.select(
@@ -95,7 +100,7 @@ def score_saved_model(settings: Settings, ref: ModelRef, holdout: Holdout) -> di
     """Download the version's SavedModel and rank the holdout with its towers."""
     import tensorflow as tf
 
-    from tasks.train import saved_model_towers, tower_scores
+    from tasks.model.training.stage import saved_model_towers, tower_scores
 
     with tempfile.TemporaryDirectory() as tmp:
         path = download_saved_model(settings, ref, Path(tmp))

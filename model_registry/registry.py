@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks.common import get_logger
-from tasks.settings import Settings
+from tasks.core.common import get_logger
+from tasks.core.settings import Settings
 
 log = get_logger("registry")
 

@@ -11,7 +11,7 @@ log = logging.getLogger(__name__)
 def record_task_failure(context: dict[str, Any]) -> None:
     """``on_failure_callback``: store dag/task/run/try and the exception in the recsys DB."""
     from plugins.connections import settings_from_connections
-    from tasks.ops import record_failure
+    from tasks.core.failures import record_failure
 
     ti = context.get("ti") or context.get("task_instance")
     try:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from tasks.settings import Settings, load_settings
+from tasks.core.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Hooks that turn Airflow Connections into the URLs our ``tasks`` functions take.
 
 Operators configure every backend in the Airflow UI (Admin → Connections); when a
-connection is absent the embedded default from ``tasks.settings`` applies. The MySQL side
+connection is absent the embedded default from ``tasks.core.settings`` applies. The MySQL side
 goes through apache-airflow-providers-mysql's ``MySqlHook``. These hooks are thin: clients
 are built by ``tasks`` code from the URL, so the same code runs inside and outside Airflow.
 """
@@ -49,8 +49,8 @@ class RecsysKVHook(BaseHook):
         return f"redis://{_auth(None, conn.password)}{conn.host}:{conn.port or 6379}/{db}"
 
     def get_conn(self) -> Any:
-        from tasks.kv import open_kv
-        from tasks.settings import load_settings
+        from tasks.core.settings import load_settings
+        from tasks.serving.kv import open_kv
 
         return open_kv(load_settings().replace(kv_url=self.get_uri()))
 

@@ -48,7 +48,7 @@ def _say(message: str) -> None:
 
 
 def _run(dag_id: str, log_dir: Path, **kwargs):  # type: ignore[no-untyped-def]
-    from plugins.dagrun import run_dag
+    from tests.doubles.dagrun import run_dag
 
     log_path = log_dir / f"{dag_id}.log"
     started = time.monotonic()
@@ -76,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=3)
     args = parser.parse_args(argv)
 
-    from tasks.datasets import write_business_frames
-    from tasks.generate import GeneratorConfig, generate_frames
-    from tasks.settings import load_settings
+    from tasks.core.settings import load_settings
+    from tasks.data.sources.frames import write_business_frames
+    from tasks.data.sources.generate import GeneratorConfig, generate_frames
 
     settings = load_settings()
     log_dir = settings.home / "demo-logs"
@@ -161,8 +161,8 @@ def _sample_users(settings, n: int) -> list[int]:  # type: ignore[no-untyped-def
     """A few users with bookmarks, so their answers show the personal channels."""
     import sqlalchemy as sa
 
-    from tasks.db import get_engine
-    from tasks.schema import mirror_interactions as mi
+    from tasks.core.db import get_engine
+    from tasks.core.schema import mirror_interactions as mi
 
     with get_engine(settings.recsys_db_url).connect() as conn:
         rows = conn.execute(

@@ -44,7 +44,7 @@ def recsys_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def settings(recsys_home: Path):  # type: ignore[no-untyped-def]
-    from tasks.settings import load_settings
+    from tasks.core.settings import load_settings
 
     return load_settings(recsys_home)
 

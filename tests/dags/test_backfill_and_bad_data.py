@@ -14,8 +14,8 @@ DAYS = 3
 
 
 def _seed_replica(settings) -> None:  # type: ignore[no-untyped-def]
-    from tasks.datasets import write_business_frames
-    from tasks.generate import GeneratorConfig, generate_frames
+    from tasks.data.sources.frames import write_business_frames
+    from tasks.data.sources.generate import GeneratorConfig, generate_frames
 
     frames = generate_frames(
         GeneratorConfig(
@@ -28,8 +28,8 @@ def _seed_replica(settings) -> None:  # type: ignore[no-untyped-def]
 def _tables(url: str) -> dict[str, list[tuple]]:
     import sqlalchemy as sa
 
-    from tasks.db import get_engine
-    from tasks.schema import MIRROR_TABLES
+    from tasks.core.db import get_engine
+    from tasks.core.schema import MIRROR_TABLES
 
     out = {}
     with get_engine(url).connect() as conn:
@@ -43,8 +43,8 @@ def test_daily_runs_equal_one_run_over_the_range(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """N scheduled (backfilled) daily runs give exactly the tables of one run over the range."""
-    from plugins.dagrun import run_dag
-    from tasks.settings import load_settings
+    from tasks.core.settings import load_settings
+    from tests.doubles.dagrun import run_dag
 
     homes = {"daily": tmp_path / "daily", "range": tmp_path / "range"}
     for home in homes.values():
@@ -85,11 +85,11 @@ def test_bad_rows_fail_the_run_and_are_picked_up_after_the_fix(
     """Invalid labels are quarantined, validation fails (no retry), the fix is picked up."""
     import sqlalchemy as sa
 
-    from plugins.dagrun import run_dag
-    from tasks.db import get_engine
-    from tasks.ops import list_failures
-    from tasks.schema import interactions
-    from tasks.settings import load_settings
+    from tasks.core.db import get_engine
+    from tasks.core.failures import list_failures
+    from tasks.core.schema import interactions
+    from tasks.core.settings import load_settings
+    from tests.doubles.dagrun import run_dag
 
     settings = load_settings()
     _seed_replica(settings)
@@ -129,7 +129,7 @@ def test_bad_rows_fail_the_run_and_are_picked_up_after_the_fix(
         conn.execute(sa.update(interactions).where(interactions.c.label == 7).values(label=1))
     fixed = run_dag("recsys_extract_validate", conf=span)
     assert fixed.ok, fixed.task_states
-    from tasks.schema import mirror_interactions as mi
+    from tasks.core.schema import mirror_interactions as mi
 
     with get_engine(settings.recsys_db_url).connect() as conn:
         picked = conn.execute(

@@ -31,9 +31,9 @@ def chain_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     saved = {k: os.environ.get(k) for k in ("RECSYS_HOME", "MLFLOW_TRACKING_URI")}
     os.environ["RECSYS_HOME"] = str(home)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    from tasks.datasets import write_business_frames
-    from tasks.generate import GeneratorConfig, generate_frames
-    from tasks.settings import load_settings
+    from tasks.core.settings import load_settings
+    from tasks.data.sources.frames import write_business_frames
+    from tasks.data.sources.generate import GeneratorConfig, generate_frames
 
     frames = generate_frames(
         GeneratorConfig(
@@ -52,7 +52,7 @@ def chain_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def chain(chain_home: Path) -> dict:
     """Run the four DAGs in their asset order once; tests read the outcomes."""
-    from plugins.dagrun import run_dag
+    from tests.doubles.dagrun import run_dag
 
     outcomes = {"extract": run_dag("recsys_extract_validate", conf=SPAN)}
     assert outcomes["extract"].ok, outcomes["extract"].task_states
@@ -68,14 +68,14 @@ def chain(chain_home: Path) -> dict:
 def _count(url: str, table: str) -> int:
     import sqlalchemy as sa
 
-    from tasks.db import get_engine
+    from tasks.core.db import get_engine
 
     with get_engine(url).connect() as conn:
         return int(conn.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar_one())
 
 
 def test_extraction_mirrors_the_replica(chain: dict) -> None:
-    from tasks.settings import load_settings
+    from tasks.core.settings import load_settings
 
     settings = load_settings()
     assert chain["extract"].task_states == {"extract": "success", "validate": "success"}
@@ -90,7 +90,7 @@ def test_extraction_mirrors_the_replica(chain: dict) -> None:
 
 def test_training_registers_and_promotes_a_champion(chain: dict) -> None:
     from model_registry.registry import resolve_alias
-    from tasks.settings import load_settings
+    from tasks.core.settings import load_settings
 
     train = chain["train"]
     version = train.xcoms["register"]
@@ -106,7 +106,7 @@ def test_deploy_refresh_and_api_answer(chain: dict) -> None:
     from fastapi.testclient import TestClient
 
     from api.app import create_app
-    from tasks.settings import load_settings
+    from tasks.core.settings import load_settings
 
     settings = load_settings()
     version = chain["train"].xcoms["register"]
@@ -128,7 +128,7 @@ def test_deploy_refresh_and_api_answer(chain: dict) -> None:
 
 
 def test_deploy_again_is_a_no_op(chain: dict) -> None:
-    from plugins.dagrun import run_dag
+    from tests.doubles.dagrun import run_dag
 
     again = run_dag("recsys_deploy")
     assert again.ok
@@ -142,9 +142,9 @@ def test_champion_moved_by_hand_is_deployed_then_rolled_back(chain: dict) -> Non
 
     from model_registry.cli import main as registry_cli
     from model_registry.registry import register_challenger
-    from plugins.dagrun import run_dag
-    from tasks.settings import load_settings
-    from tasks.train import TrainParams, train_two_tower
+    from tasks.core.settings import load_settings
+    from tasks.model.training.stage import TrainParams, train_two_tower
+    from tests.doubles.dagrun import run_dag
 
     settings = load_settings()
     first = chain["train"].xcoms["register"]

@@ -92,9 +92,9 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveAirflow]:
     for key in ("MLFLOW_TRACKING_URI", "RECSYS_REPLICA_URL", "RECSYS_DB_URL"):
         env.pop(key, None)
     seed = (
-        "from datetime import date; from tasks.datasets import write_business_frames; "
-        "from tasks.generate import GeneratorConfig, generate_frames; "
-        "from tasks.settings import load_settings; "
+        "from datetime import date; from tasks.data.sources.frames import write_business_frames; "
+        "from tasks.data.sources.generate import GeneratorConfig, generate_frames; "
+        "from tasks.core.settings import load_settings; "
         "write_business_frames(generate_frames(GeneratorConfig(n_users=100, n_illusts=300, "
         "n_artists=30, days=3, start_date=date(2024, 1, 1), seed=3)), "
         "load_settings().replica_url)"

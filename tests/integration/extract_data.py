@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tasks import schema
+from tasks.core import schema
 
 DAY0 = datetime(2024, 1, 1)
 DAY = timedelta(days=1)

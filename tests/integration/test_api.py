@@ -11,15 +11,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from tasks.db import get_engine
-from tasks.deploy import deploy_saved_model
-from tasks.generate import GeneratorConfig, generate_frames
-from tasks.kv import RedisKV, open_kv
-from tasks.precompute import precompute_topn, topn_key
-from tasks.recall import decode_ids, decode_scored
-from tasks.serving import HashModelSpec, export_hash_two_tower, write_mirror_frames
-from tasks.settings import Settings, load_settings
-from tasks.vectors import refresh_vectors
+from tasks.core.db import get_engine
+from tasks.core.settings import Settings, load_settings
+from tasks.data.sources.generate import GeneratorConfig, generate_frames
+from tasks.serving.deploy import deploy_saved_model
+from tasks.serving.kv import RedisKV, open_kv
+from tasks.serving.precompute import precompute_topn, topn_key
+from tasks.serving.recall import decode_ids, decode_scored
+from tasks.serving.vectors import refresh_vectors
+from tests.doubles.fixture_model import HashModelSpec, export_hash_two_tower
+from tests.doubles.mirror import write_mirror_frames
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +248,7 @@ def test_kv_pointer_alone_decides_which_vectors_are_searched(client, prepared) -
     """Mid-refresh the ``items`` alias may already name the next collection while the KV
     pointer still names the old namespace: the API keeps searching the collection that
     namespace was built with, so user and item vectors never come from two models."""
-    from tasks.vectors import build_item_collection, switch_alias
+    from tasks.serving.vectors import build_item_collection, switch_alias
 
     state = client.app.state.serving
     user = prepared["realtime_users"][0]

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-import tasks.datasets as datasets
-from tasks.cli import main as cli_main
-from tasks.datasets import BusinessFrames, read_business_counts, write_business_frames
-from tasks.db import get_engine
-from tasks.generate import GeneratorConfig, generate_frames
+import tasks.data.sources.frames as datasets
+from tasks.core.db import get_engine
+from tasks.data.sources.cli import main as cli_main
+from tasks.data.sources.frames import BusinessFrames, read_business_counts, write_business_frames
+from tasks.data.sources.generate import GeneratorConfig, generate_frames
 
 TINY = GeneratorConfig(
     n_users=40, n_illusts=60, n_artists=8, n_tags=12, days=3, views_per_user=12, seed=3

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import deploy as deploy_mod
-from tasks.deploy import (
+from tasks.serving import deploy as deploy_mod
+from tasks.serving.deploy import (
     DeployError,
     deploy_champion,
     deploy_saved_model,
@@ -18,7 +18,8 @@ from tasks.deploy import (
     live_version,
     model_base,
 )
-from tasks.serving import HashModelSpec, ModelVerificationError, export_hash_two_tower
+from tasks.serving.local_model import ModelVerificationError
+from tests.doubles.fixture_model import HashModelSpec, export_hash_two_tower
 
 
 @pytest.fixture(scope="module")

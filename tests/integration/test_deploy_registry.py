@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.deploy import deploy_champion, deployed_versions, live_version, model_base
-from tasks.serving import HashModelSpec, export_hash_two_tower
+from tasks.serving.deploy import deploy_champion, deployed_versions, live_version, model_base
+from tests.doubles.fixture_model import HashModelSpec, export_hash_two_tower
 
 
 def _register(settings, experiment_id: str, saved_model: Path) -> int:  # type: ignore[no-untyped-def]

@@ -7,13 +7,13 @@ import time
 
 import sqlalchemy as sa
 
-from tasks import schema
-from tasks.datasets import write_business_frames
-from tasks.db import get_engine
-from tasks.extract import extract_interval
-from tasks.generate import GeneratorConfig, generate_frames, interval_days
-from tasks.sampling import build_samples
-from tasks.validate import validate_interval
+from tasks.core import schema
+from tasks.core.db import get_engine
+from tasks.data.extract import extract_interval
+from tasks.data.sampling import build_samples
+from tasks.data.sources.frames import write_business_frames
+from tasks.data.sources.generate import GeneratorConfig, generate_frames, interval_days
+from tasks.data.validate import validate_interval
 
 
 def test_generated_days_pass_validation_and_sample(settings) -> None:  # type: ignore[no-untyped-def]

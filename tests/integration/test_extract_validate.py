@@ -15,17 +15,17 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tasks import extract as extract_module
-from tasks import schema
-from tasks.db import get_engine
-from tasks.extract import (
+from tasks.core import schema
+from tasks.core.db import get_engine
+from tasks.data import extract as extract_module
+from tasks.data.extract import (
     ReplicaLagError,
     copy_method,
     extract_interval,
     read_replica_status,
     row_numbering,
 )
-from tasks.validate import DataValidationError, validate_interval
+from tasks.data.validate import DataValidationError, validate_interval
 from tests.conftest import MARIADB_ROOT_URL
 from tests.integration.extract_data import (
     DAY,

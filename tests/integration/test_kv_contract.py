@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.kv import FileKV, KVError, KVStore, RedisKV, open_kv, open_kv_url
+from tasks.serving.kv import FileKV, KVError, KVStore, RedisKV, open_kv, open_kv_url
 
 
 @pytest.fixture(params=["file", "redis"])
@@ -104,7 +104,7 @@ def test_file_kv_concurrent_writers_in_separate_processes(tmp_path: Path) -> Non
 
     script = (
         "import sys\n"
-        "from tasks.kv import FileKV\n"
+        "from tasks.serving.kv import FileKV\n"
         "kv = FileKV(sys.argv[1]); tag = sys.argv[2]\n"
         "for batch in range(30):\n"
         "    kv.mset({f'{tag}:{batch}:{i}': f'{batch}-{i}' for i in range(10)})\n"

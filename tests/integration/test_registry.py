@@ -36,8 +36,8 @@ def test_train_register_gate_download_rollback(
         resolve_alias,
         rollback,
     )
-    from tasks.model import to_tensors
-    from tasks.train import TrainParams, train_two_tower
+    from tasks.model.training.stage import TrainParams, train_two_tower
+    from tasks.model.two_tower import to_tensors
 
     settings = settings.replace(recsys_db_url=mariadb_database)
     counts = seed_recsys_db(settings.recsys_db_url)

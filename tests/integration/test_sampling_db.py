@@ -7,9 +7,9 @@ from datetime import datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from tasks import schema
-from tasks.db import get_engine
-from tasks.sampling import build_samples
+from tasks.core import schema
+from tasks.core.db import get_engine
+from tasks.data.sampling import build_samples
 from tests.integration.extract_data import DAY, DAY0, table_rows
 
 D1 = DAY0 + DAY

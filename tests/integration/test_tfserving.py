@@ -10,16 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.deploy import deploy_saved_model, live_version, model_base
-from tasks.serving import (
-    HashModelSpec,
-    LocalModel,
-    ModelVerificationError,
-    export_hash_two_tower,
-    sample_inputs,
-)
-from tasks.tfserving import TFServingClient, TFServingError
-from tasks.tfserving_standin import StandInModelServer, parse_model_config
+from tasks.serving.deploy import deploy_saved_model, live_version, model_base
+from tasks.serving.local_model import LocalModel, ModelVerificationError, sample_inputs
+from tasks.serving.tfserving import TFServingClient, TFServingError
+from tests.doubles.fixture_model import HashModelSpec, export_hash_two_tower
+from tests.doubles.tfserving_standin import StandInModelServer, parse_model_config
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from tasks.db import get_engine
-from tasks.schema import (
+from tasks.core.db import get_engine
+from tasks.core.schema import (
     create_recsys_schema,
     mirror_illusts,
     mirror_interactions,
@@ -123,7 +123,7 @@ def _registered_versions(settings) -> list:  # type: ignore[no-untyped-def]
     ],
 )
 def test_bad_samples_raise_and_register_nothing(settings, kwargs, message) -> None:  # type: ignore[no-untyped-def]
-    from tasks.train import TrainingDataError, TrainParams, train_two_tower
+    from tasks.model.training.stage import TrainingDataError, TrainParams, train_two_tower
 
     seed_recsys_db(settings.recsys_db_url, **kwargs)
     with pytest.raises(TrainingDataError, match=message):
@@ -132,8 +132,8 @@ def test_bad_samples_raise_and_register_nothing(settings, kwargs, message) -> No
 
 
 def test_feature_config_naming_missing_column_raises(settings) -> None:  # type: ignore[no-untyped-def]
-    from tasks.features import FeatureConfigError, FeatureSpec, default_feature_config
-    from tasks.train import TrainParams, train_two_tower
+    from tasks.model.features import FeatureConfigError, FeatureSpec, default_feature_config
+    from tasks.model.training.stage import TrainParams, train_two_tower
 
     seed_recsys_db(settings.recsys_db_url)
     config = (*default_feature_config(embedding_dim=8), FeatureSpec("colour", "item", "one_hot"))
@@ -147,7 +147,7 @@ def test_inbatch_softmax_trains_on_positives_only_sqlite(settings) -> None:  # t
     """The softmax loss streams only positives (150 minus the 30 holdout ones) from SQLite."""
     import mlflow
 
-    from tasks.train import TrainParams, train_two_tower
+    from tasks.model.training.stage import TrainParams, train_two_tower
 
     seed_recsys_db(settings.recsys_db_url)
     params = TrainParams(**{**TINY, "epochs": 1}, loss="inbatch_softmax")

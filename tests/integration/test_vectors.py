@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks import vectors as vectors_mod
-from tasks.db import get_engine
-from tasks.deploy import deploy_saved_model
-from tasks.generate import GeneratorConfig, generate_frames
-from tasks.kv import open_kv
-from tasks.recall import decode_ids, decode_scored, decode_vector
-from tasks.serving import HashModelSpec, LocalModel, export_hash_two_tower, write_mirror_frames
-from tasks.vectors import (
+from tasks.core.db import get_engine
+from tasks.data.sources.generate import GeneratorConfig, generate_frames
+from tasks.serving import vectors as vectors_mod
+from tasks.serving.deploy import deploy_saved_model
+from tasks.serving.kv import open_kv
+from tasks.serving.local_model import LocalModel
+from tasks.serving.recall import decode_ids, decode_scored, decode_vector
+from tasks.serving.vectors import (
     ITEMS_ALIAS,
     RefreshError,
     alias_target,
@@ -23,6 +23,8 @@ from tasks.vectors import (
     open_milvus,
     refresh_vectors,
 )
+from tests.doubles.fixture_model import HashModelSpec, export_hash_two_tower
+from tests.doubles.mirror import write_mirror_frames
 
 CONFIG = GeneratorConfig(n_users=60, n_illusts=300, n_artists=30, days=7, views_per_user=15)
 
@@ -79,7 +81,7 @@ def test_refresh_publishes_collection_alias_and_namespace(served, frames, model_
         np.testing.assert_allclose(vec, expected, rtol=1e-5, atol=1e-6)
         # The ANN on the alias agrees with brute force over the item tower.
         illusts = frames.illusts.sort_values("illust_id")
-        from tasks.features import item_features_from_frame
+        from tasks.model.features import item_features_from_frame
 
         items = model.predict("item_tower", item_features_from_frame(illusts))["embedding"]
         brute = illusts["illust_id"].to_numpy()[np.argsort(-(items @ vec))[:5]].tolist()

@@ -7,15 +7,17 @@ import json
 import numpy as np
 import pytest
 
-from tasks.db import get_engine
-from tasks.deploy import deploy_saved_model
-from tasks.features import item_features_from_frame
-from tasks.generate import GeneratorConfig, generate_frames
-from tasks.kv import open_kv
-from tasks.precompute import precompute_topn, topn_key, topn_meta_key
-from tasks.recall import decode_vector
-from tasks.serving import HashModelSpec, LocalModel, export_hash_two_tower, write_mirror_frames
-from tasks.vectors import RefreshError, refresh_vectors
+from tasks.core.db import get_engine
+from tasks.data.sources.generate import GeneratorConfig, generate_frames
+from tasks.model.features import item_features_from_frame
+from tasks.serving.deploy import deploy_saved_model
+from tasks.serving.kv import open_kv
+from tasks.serving.local_model import LocalModel
+from tasks.serving.precompute import precompute_topn, topn_key, topn_meta_key
+from tasks.serving.recall import decode_vector
+from tasks.serving.vectors import RefreshError, refresh_vectors
+from tests.doubles.fixture_model import HashModelSpec, export_hash_two_tower
+from tests.doubles.mirror import write_mirror_frames
 
 
 def test_precompute_matches_brute_force_and_is_idempotent(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]

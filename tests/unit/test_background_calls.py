@@ -1,4 +1,4 @@
-"""tasks.db.BackgroundCalls: the ordered writer thread extraction and sampling share."""
+"""tasks.core.db.BackgroundCalls: the ordered writer thread extraction and sampling share."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tasks.db import BackgroundCalls
+from tasks.core.db import BackgroundCalls
 
 
 def test_calls_run_in_order_on_one_other_thread() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from tasks.evaluate import EASE, ItemKNN, MostPop
+from tasks.model.evaluate import EASE, ItemKNN, MostPop
 
 
 def test_mostpop_counts_train_positives() -> None:
@@ -51,7 +51,7 @@ def test_evaluate_baselines_skips_dense_models_on_large_catalogues() -> None:
 
     import pandas as pd
 
-    from tasks.evaluate import evaluate_baselines, leave_last_positive_split
+    from tasks.model.evaluate import evaluate_baselines, leave_last_positive_split
 
     rows = [(u, 10, 1, datetime(2024, 1, 1)) for u in (1, 2, 3)]
     rows += [(u, 10 + u, 1, datetime(2024, 1, 2)) for u in (1, 2, 3)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.dpp import (
+from tasks.serving.dpp import (
     build_kernel,
     dpp_rerank,
     greedy_map,

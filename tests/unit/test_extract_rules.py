@@ -8,8 +8,8 @@ from datetime import datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from tasks.db import local_infile_enabled
-from tasks.extract import (
+from tasks.core.db import local_infile_enabled
+from tasks.data.extract import (
     ReplicaLagError,
     copy_method,
     decide_replica_lag,

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.features import (
+from tasks.model.features import (
     FeatureConfigError,
     FeatureSpec,
     config_from_json,
@@ -20,7 +20,7 @@ from tasks.features import (
     user_features_from_frames,
     validate_feature_config,
 )
-from tasks.train import BookmarkHistory
+from tasks.model.training.stage import BookmarkHistory
 
 
 def _illusts() -> pd.DataFrame:

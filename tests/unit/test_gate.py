@@ -19,7 +19,7 @@ from model_registry.registry import (
     resolve_alias,
     rollback,
 )
-from tasks.evaluate import leave_last_positive_split
+from tasks.model.evaluate import leave_last_positive_split
 
 
 def tiny_holdout() -> Holdout:
@@ -62,7 +62,7 @@ def scorer_from(table: dict[int, float]):  # type: ignore[no-untyped-def]
 
 
 def test_mostpop_reference_is_zero_on_the_tiny_holdout() -> None:
-    from tasks.evaluate import MostPop, evaluate_baseline
+    from tasks.model.evaluate import MostPop, evaluate_baseline
 
     assert evaluate_baseline(MostPop(), tiny_holdout().split)["HR@10"] == 0.0
 

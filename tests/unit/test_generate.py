@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.datasets import BUSINESS_COLUMNS, BusinessFrames
-from tasks.generate import (
+from tasks.data.sources.frames import BUSINESS_COLUMNS, BusinessFrames
+from tasks.data.sources.generate import (
     FIELD_RANGES,
     GeneratorConfig,
     PlantedStructure,

@@ -1,5 +1,5 @@
-"""infra/: the compose stack names every service, wires the connections tasks.settings reads,
-and the SQL schemas in infra/sql cannot drift from tasks.schema. (No Docker engine here:
+"""infra/: the compose stack names every service, wires the connections tasks.core.settings reads,
+and the SQL schemas in infra/sql cannot drift from tasks.core.schema. (No Docker engine here:
 this checks the files, not a running stack.)"""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tasks.db import local_infile_enabled
-from tasks.schema import business_metadata, mysql_ddl, recsys_metadata
+from tasks.core.db import local_infile_enabled
+from tasks.core.schema import business_metadata, mysql_ddl, recsys_metadata
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 EXPECTED_SERVICES = {
@@ -74,8 +74,8 @@ def test_airflow_commands(compose: dict[str, Any]) -> None:
 def test_connection_uris_reach_settings(
     compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """The compose URIs, secrets filled in, become the backends tasks.settings hands out."""
-    from tasks.settings import load_settings
+    """The compose URIs, secrets filled in, become the backends tasks.core.settings hands out."""
+    from tasks.core.settings import load_settings
 
     env = compose["services"]["airflow-worker"]["environment"]
     for name, value in env.items():
@@ -144,9 +144,9 @@ def test_mounted_files_exist(compose: dict[str, Any]) -> None:
 
 
 def test_sql_schemas_match_tasks_schema() -> None:
-    """Re-render after changing tasks/schema.py:
-    python -m tasks.schema > infra/sql/replica_schema.sql
-    python -m tasks.schema --ddl recsys > infra/sql/recsys_schema.sql"""
+    """Re-render after changing tasks/core/schema.py:
+    python -m tasks.core.schema > infra/sql/replica_schema.sql
+    python -m tasks.core.schema --ddl recsys > infra/sql/recsys_schema.sql"""
     replica = (INFRA / "sql" / "replica_schema.sql").read_text().strip()
     recsys = (INFRA / "sql" / "recsys_schema.sql").read_text().strip()
     assert replica == mysql_ddl(business_metadata).strip(), "re-render replica_schema.sql"

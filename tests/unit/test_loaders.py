@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.datasets import BUSINESS_COLUMNS
-from tasks.loaders import (
+from tasks.data.sources.frames import BUSINESS_COLUMNS
+from tasks.data.sources.loaders import (
     DatasetFormatError,
     read_dataset,
     read_movielens_100k,

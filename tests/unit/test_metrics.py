@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.evaluate import (
+from tasks.model.evaluate import (
     EvaluationInputError,
     leave_last_positive_split,
     rank_metrics,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.features import default_feature_config, fit_feature_stats
+from tasks.model.features import default_feature_config, fit_feature_stats
 
 ITEMS = {
     "illust_id": np.array([1, 2, 3, 4], np.int64),
@@ -42,7 +42,7 @@ USERS = {
 def exported(tmp_path_factory):  # type: ignore[no-untyped-def]
     import keras
 
-    from tasks.model import ModelParams, build_two_tower, export_saved_model
+    from tasks.model.two_tower import ModelParams, build_two_tower, export_saved_model
 
     keras.utils.set_random_seed(0)
     config = default_feature_config(embedding_dim=8, hash_bins=32)
@@ -54,7 +54,7 @@ def exported(tmp_path_factory):  # type: ignore[no-untyped-def]
 def test_export_round_trip_matches_in_memory_model_with_oov(exported) -> None:  # type: ignore[no-untyped-def]
     import tensorflow as tf
 
-    from tasks.model import to_tensors
+    from tasks.model.two_tower import to_tensors
 
     model, path = exported
     loaded = tf.saved_model.load(str(path))
@@ -78,7 +78,7 @@ def test_export_round_trip_matches_in_memory_model_with_oov(exported) -> None:  
 def test_history_shares_item_embedding_and_masks_padding(exported) -> None:  # type: ignore[no-untyped-def]
     """history [2, 3, 0, 0] pools exactly the illust_id embeddings of 2 and 3 (padding
     ignored, the same layer object as the item tower), so it equals history [3, 2]."""
-    from tasks.model import to_tensors
+    from tasks.model.two_tower import to_tensors
 
     model, _ = exported
     history_encoder = model.encoders["history"]
@@ -91,8 +91,8 @@ def test_history_shares_item_embedding_and_masks_padding(exported) -> None:  # t
 
 
 def test_nan_loss_raises(exported) -> None:  # type: ignore[no-untyped-def]
-    from tasks.model import to_tensors
-    from tasks.train import NonFiniteLossError, TrainParams, fit_model
+    from tasks.model.training.stage import NonFiniteLossError, TrainParams, fit_model
+    from tasks.model.two_tower import to_tensors
 
     model, _ = exported
     batch = to_tensors({**ITEMS, "user_id": np.arange(4), "history": np.zeros((4, 2), np.int64)})

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.recall import (
+from tasks.serving.recall import (
     Candidate,
     active_users,
     combine_neighbors,

@@ -7,7 +7,7 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from tasks.sampling import draw_negatives, interval_seed
+from tasks.data.sampling import draw_negatives, interval_seed
 
 
 def _draw(**kw):  # type: ignore[no-untyped-def]

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.ops import intervals_from_events, list_failures, record_failure, resolve_interval
-from tasks.settings import load_settings
+from tasks.core.failures import list_failures, record_failure
+from tasks.core.intervals import intervals_from_events, resolve_interval
+from tasks.core.settings import load_settings
 
 
 def test_embedded_defaults_live_under_home(recsys_home: Path) -> None:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from tasks.generate import FIELD_RANGES
-from tasks.validate import EXPECTATIONS_DIR, KEY_COLUMNS, load_suite_dict, row_key
+from tasks.data.sources.generate import FIELD_RANGES
+from tasks.data.validate import EXPECTATIONS_DIR, KEY_COLUMNS, load_suite_dict, row_key
 
 
 @pytest.mark.parametrize("table", ["users", "illusts", "follows", "interactions"])

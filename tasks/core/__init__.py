@@ -1,0 +1,1 @@
+"""The shared core: settings, database engines, the recsys schema and its migrations, logging."""

@@ -1,0 +1,1 @@
+"""Data stage: sources (generator, loaders, CLI), extraction, validation, sampling, bulk writes."""

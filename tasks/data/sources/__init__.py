@@ -1,0 +1,1 @@
+"""Business data sources: the synthetic generator, public data set loaders, the replica writer."""

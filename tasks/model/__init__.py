@@ -1,0 +1,1 @@
+"""Model stage: features, the two-tower, training, evaluation, the pyfunc wrapper."""

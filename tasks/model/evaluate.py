@@ -1,0 +1,339 @@
+"""Offline evaluation: the temporal leave-last-positive split, rank metrics and baselines.
+
+Protocol (docs EVALUATION.md): per user, interactions ordered by (timestamp, item id); the
+test item is the user's last positive; train is everything of that user strictly before it.
+Every item not interacted with in train is ranked; the test item's rank ``r`` is the number
+of such items scoring strictly higher. HR@K = share of test users with r < K,
+NDCG@K = mean of 1/log2(r + 2) where r < K. numpy/scipy only: no TensorFlow needed here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from tasks.core.common import get_logger
+
+log = get_logger("evaluate")
+
+DEFAULT_KS: tuple[int, ...] = (10, 20)
+EASE_LAMBDA_GRID: tuple[float, ...] = (10.0, 30.0, 100.0, 300.0, 1000.0)
+REQUIRED_COLUMNS = ("user_id", "illust_id", "label", "create_time")
+
+# A scorer maps row indices of the split's users to a [len(rows), n_items] score matrix.
+Scorer = Callable[[np.ndarray], np.ndarray]
+
+
+class EvaluationInputError(ValueError):
+    """The interactions handed to evaluation cannot be split or scored."""
+
+
+@dataclass(frozen=True)
+class LeaveLastSplit:
+    """A leave-last-positive split with dense user/item indices.
+
+    ``train`` keeps the business columns plus ``user_idx``/``item_idx``. ``test_user_idx``
+    and ``test_item_idx`` are aligned arrays (one test item per test user). ``test_time``
+    is each test positive's timestamp (history for it must be strictly earlier).
+    """
+
+    train: pd.DataFrame
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    test_user_idx: np.ndarray
+    test_item_idx: np.ndarray
+    test_time: np.ndarray
+    n_dropped: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def positive_matrix(self) -> sp.csr_matrix:
+        """Binary user x item matrix of train positives (label 1)."""
+        pos = self.train[self.train["label"] == 1]
+        return _binary_matrix(
+            pos["user_idx"].to_numpy(), pos["item_idx"].to_numpy(), self.n_users, self.n_items
+        )
+
+    def seen_matrix(self) -> sp.csr_matrix:
+        """Binary user x item matrix of every train interaction (all labels count as seen)."""
+        return _binary_matrix(
+            self.train["user_idx"].to_numpy(),
+            self.train["item_idx"].to_numpy(),
+            self.n_users,
+            self.n_items,
+        )
+
+
+def _binary_matrix(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> sp.csr_matrix:
+    data = np.ones(len(rows), dtype=np.float64)
+    matrix = sp.csr_matrix((data, (rows, cols)), shape=(n_rows, n_cols))
+    matrix.data[:] = 1.0  # duplicates summed by csr construction collapse back to 1
+    return matrix
+
+
+def _check_interactions(interactions: pd.DataFrame) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in interactions.columns]
+    if missing:
+        raise EvaluationInputError(f"interactions lack columns {missing}")
+    if interactions.empty:
+        raise EvaluationInputError("interactions are empty: nothing to split")
+    bad_labels = set(pd.unique(interactions["label"])) - {0, 1}
+    if bad_labels:
+        raise EvaluationInputError(f"labels must be 0/1, got {sorted(bad_labels)}")
+
+
+def leave_last_positive_split(
+    interactions: pd.DataFrame, *, item_ids: Iterable[int] | None = None
+) -> LeaveLastSplit:
+    """Cut the temporal leave-last-positive split of EVALUATION.md.
+
+    ``item_ids`` sets the ranked catalogue (default: every item in ``interactions``).
+    Users with fewer than 2 positives have no test item but keep all their rows in train.
+    """
+    _check_interactions(interactions)
+    frame = interactions.loc[:, list(REQUIRED_COLUMNS)].copy()
+    frame["user_id"] = frame["user_id"].astype(np.int64)
+    frame["illust_id"] = frame["illust_id"].astype(np.int64)
+    frame["label"] = frame["label"].astype(np.int64)
+    frame = frame.sort_values(["user_id", "create_time", "illust_id"], kind="mergesort")
+    frame = frame.reset_index(drop=True)
+
+    catalogue = np.unique(
+        np.concatenate(
+            [
+                frame["illust_id"].to_numpy(),
+                np.asarray(list(item_ids) if item_ids is not None else [], np.int64),
+            ]
+        )
+    )
+    user_ids = np.unique(frame["user_id"].to_numpy())
+    frame["user_idx"] = np.searchsorted(user_ids, frame["user_id"].to_numpy())
+    frame["item_idx"] = np.searchsorted(catalogue, frame["illust_id"].to_numpy())
+
+    # Position of each row inside its user's ordered sequence, and of the user's last positive.
+    frame["pos_in_user"] = frame.groupby("user_idx").cumcount()
+    positives = frame[frame["label"] == 1]
+    n_pos = positives.groupby("user_idx").size()
+    last_pos = positives.groupby("user_idx")["pos_in_user"].max()
+    test_users = n_pos.index[n_pos.to_numpy() >= 2].to_numpy()
+    cut = pd.Series(np.iinfo(np.int64).max, index=np.arange(len(user_ids)), dtype=np.int64)
+    cut.loc[test_users] = last_pos.loc[test_users].to_numpy()
+    row_cut = cut.to_numpy()[frame["user_idx"].to_numpy()]
+    train = frame[frame["pos_in_user"].to_numpy() < row_cut].drop(columns="pos_in_user")
+
+    test_rows = frame.set_index(["user_idx", "pos_in_user"]).loc[
+        list(zip(test_users, last_pos.loc[test_users].to_numpy(), strict=True))
+    ]
+    split = LeaveLastSplit(
+        train=train.reset_index(drop=True),
+        user_ids=user_ids,
+        item_ids=catalogue,
+        test_user_idx=np.asarray(test_users, dtype=np.int64),
+        test_item_idx=test_rows["item_idx"].to_numpy().astype(np.int64),
+        test_time=test_rows["create_time"].to_numpy(),
+        n_dropped=len(frame) - len(train) - len(test_users),
+    )
+    log.info(
+        "split %d interactions: %d train rows, %d test users, %d items, %d later rows dropped",
+        len(frame),
+        len(split.train),
+        len(test_users),
+        split.n_items,
+        split.n_dropped,
+    )
+    return split
+
+
+def ranks_of_test_items(
+    scores: np.ndarray, seen: sp.csr_matrix | np.ndarray, test_item_idx: np.ndarray
+) -> np.ndarray:
+    """Rank of each row's test item: how many unseen items score strictly higher.
+
+    ``seen`` marks train interactions per row (excluded from the ranking); the test item is
+    always ranked even if it was also seen earlier.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[0] != len(test_item_idx):
+        raise EvaluationInputError(
+            f"scores shape {scores.shape} does not match {len(test_item_idx)} test items"
+        )
+    if not np.all(np.isfinite(scores)):
+        raise EvaluationInputError("scores contain NaN or infinite values")
+    seen_dense = seen.toarray() if sp.issparse(seen) else np.asarray(seen)
+    seen_dense = seen_dense.astype(bool)
+    rows = np.arange(len(test_item_idx))
+    target = scores[rows, test_item_idx][:, None]
+    higher = (scores > target) & ~seen_dense
+    higher[rows, test_item_idx] = False
+    return higher.sum(axis=1).astype(np.int64)
+
+
+def rank_metrics(
+    ranks: Sequence[int] | np.ndarray, ks: Sequence[int] = DEFAULT_KS
+) -> dict[str, float]:
+    """HR@K and NDCG@K from 0-based ranks (one per test user)."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    if ranks.size == 0:
+        raise EvaluationInputError("no test users: cannot compute rank metrics")
+    if np.any(ranks < 0):
+        raise EvaluationInputError(f"ranks must be >= 0, got min {ranks.min()}")
+    out: dict[str, float] = {}
+    gains = 1.0 / np.log2(ranks + 2.0)
+    for k in ks:
+        if k <= 0:
+            raise EvaluationInputError(f"K must be positive, got {k}")
+        hit = ranks < k
+        out[f"HR@{k}"] = float(hit.mean())
+        out[f"NDCG@{k}"] = float(np.where(hit, gains, 0.0).mean())
+    return out
+
+
+def evaluate_scorer(
+    split: LeaveLastSplit,
+    scorer: Scorer,
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Score every test user in batches with ``scorer`` and return rank metrics."""
+    seen = split.seen_matrix()
+    ranks: list[np.ndarray] = []
+    for start in range(0, len(split.test_user_idx), batch_size):
+        users = split.test_user_idx[start : start + batch_size]
+        scores = scorer(users)
+        ranks.append(
+            ranks_of_test_items(
+                scores, seen[users], split.test_item_idx[start : start + batch_size]
+            )
+        )
+    return rank_metrics(np.concatenate(ranks) if ranks else np.array([], np.int64), ks)
+
+
+def validation_split(split: LeaveLastSplit) -> LeaveLastSplit:
+    """The same cut applied to the train part (for tuning without touching the test items)."""
+    train = split.train.loc[:, list(REQUIRED_COLUMNS)]
+    return leave_last_positive_split(train, item_ids=split.item_ids)
+
+
+class MostPop:
+    """Scores each item by its count of train positives (same list for every user)."""
+
+    name = "MostPop"
+
+    def fit(self, positives: sp.csr_matrix) -> MostPop:
+        self.popularity_ = np.asarray(positives.sum(axis=0)).ravel().astype(np.float64)
+        return self
+
+    def score(self, user_rows: sp.csr_matrix) -> np.ndarray:
+        return np.tile(self.popularity_, (user_rows.shape[0], 1))
+
+
+class ItemKNN:
+    """Item-based CF: cosine on the binary user x item positive matrix.
+
+    score(u, j) = sum over the user's train positives i of cos(i, j); self-similarity is 0.
+    """
+
+    name = "ItemKNN"
+
+    def fit(self, positives: sp.csr_matrix) -> ItemKNN:
+        x = positives.astype(np.float64)
+        co = (x.T @ x).toarray()
+        norms = np.sqrt(np.diag(co))
+        denom = np.outer(norms, norms)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sim = np.where(denom > 0, co / denom, 0.0)
+        np.fill_diagonal(sim, 0.0)
+        self.similarity_ = sim
+        return self
+
+    def score(self, user_rows: sp.csr_matrix) -> np.ndarray:
+        return np.asarray(user_rows @ self.similarity_)
+
+
+class EASE:
+    """EASE^R (Steck 2019): B = I - P diagMat(1/diag(P)), P = (X^T X + lambda I)^-1, diag(B)=0."""
+
+    name = "EASE"
+
+    def __init__(self, l2: float = 100.0) -> None:
+        if not l2 > 0:
+            raise ValueError(f"EASE l2 (lambda) must be > 0, got {l2!r}")
+        self.l2 = float(l2)
+
+    def fit(self, positives: sp.csr_matrix) -> EASE:
+        x = positives.astype(np.float64)
+        gram = (x.T @ x).toarray()
+        gram[np.diag_indices_from(gram)] += self.l2
+        inverse = np.linalg.inv(gram)
+        weights = -inverse / np.diag(inverse)
+        np.fill_diagonal(weights, 0.0)
+        self.weights_ = weights
+        return self
+
+    def score(self, user_rows: sp.csr_matrix) -> np.ndarray:
+        return np.asarray(user_rows @ self.weights_)
+
+
+def evaluate_baseline(
+    model: MostPop | ItemKNN | EASE, split: LeaveLastSplit, *, ks: Sequence[int] = DEFAULT_KS
+) -> dict[str, float]:
+    """Fit ``model`` on the split's train positives and return its rank metrics."""
+    positives = split.positive_matrix()
+    model.fit(positives)
+    return evaluate_scorer(split, lambda users: model.score(positives[users]), ks=ks)
+
+
+def tune_ease(
+    split: LeaveLastSplit,
+    *,
+    grid: Sequence[float] = EASE_LAMBDA_GRID,
+    metric: str = "NDCG@10",
+) -> tuple[float, dict[float, float]]:
+    """Pick EASE's lambda on a validation split cut the same way from train."""
+    if not grid:
+        raise ValueError("EASE lambda grid is empty")
+    val = validation_split(split)
+    results = {float(l2): evaluate_baseline(EASE(l2), val)[metric] for l2 in grid}
+    best = max(results, key=lambda l2: (results[l2], -l2))
+    log.info("EASE lambda by validation %s: %s -> best %s", metric, results, best)
+    return best, results
+
+
+def evaluate_baselines(
+    split: LeaveLastSplit,
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    ease_grid: Sequence[float] = EASE_LAMBDA_GRID,
+    max_dense_items: int = 20_000,
+) -> dict[str, dict[str, float]]:
+    """MostPop, ItemKNN and tuned EASE^R on the same split (EASE's lambda reported as ``lambda``).
+
+    ItemKNN and EASE hold dense item x item matrices: above ``max_dense_items`` items they are
+    skipped (logged) rather than exhausting memory; MostPop always runs.
+    """
+    out: dict[str, dict[str, float]] = {"MostPop": evaluate_baseline(MostPop(), split, ks=ks)}
+    if split.n_items > max_dense_items:
+        log.warning(
+            "%d items > max_dense_items=%d: skipping ItemKNN and EASE",
+            split.n_items,
+            max_dense_items,
+        )
+        return out
+    out["ItemKNN"] = evaluate_baseline(ItemKNN(), split, ks=ks)
+    best_l2, _ = tune_ease(split, grid=ease_grid)
+    out["EASE"] = {**evaluate_baseline(EASE(best_l2), split, ks=ks), "lambda": best_l2}
+    for name, metrics in out.items():
+        log.info("baseline %s: %s", name, metrics)
+    return out

@@ -1,0 +1,316 @@
+"""Feature configuration and raw feature arrays for the two-tower model.
+
+The configuration follows the write-up's ``build_input`` (numeric, categorical, hashed,
+integer-bucketed, dense groups) as a typed list of :class:`FeatureSpec`, with its gaps fixed:
+unseen values land in an OOV bucket instead of raising, and the illust_id embedding is one
+layer shared by the item tower and the user's history pooling (padding 0 masked out).
+
+Raw arrays produced here are exactly what the SavedModel signatures take (docs/CONTRACTS.md),
+so training, the in-process server and TF-Serving all see the same inputs. Bucket boundaries
+and vocabularies are fitted on training data only (:func:`fit_feature_stats`) and saved with
+the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from tasks.core.common import get_logger, to_naive_utc
+
+log = get_logger("features")
+
+HISTORY_LEN = 20
+TAG_SEPARATOR = "|"
+PRIOR_BOUNDARIES: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0, 10000.0)
+
+ITEM_INT_FEATURES: tuple[str, ...] = (
+    "illust_id",
+    "artist_id",
+    "width",
+    "height",
+    "sanity_level",
+    "restrict",
+    "x_restrict",
+    "total_bookmarks",
+    "total_view",
+)
+ITEM_FEATURES: tuple[str, ...] = (*ITEM_INT_FEATURES[:2], "tags", *ITEM_INT_FEATURES[2:])
+USER_FEATURES: tuple[str, ...] = ("user_id", "history")
+
+FeatureKind = Literal[
+    "id_lookup",  # integer id -> vocabulary fitted on train (+1 OOV bucket) -> embedding
+    "hashed",  # integer id -> hash bucket -> embedding
+    "tags",  # "a|b|c" -> split -> hash buckets -> embeddings, mean-pooled
+    "equal_freq",  # numeric -> equal-frequency buckets fitted on train -> embedding
+    "prior_buckets",  # numeric -> fixed hand boundaries (0, 10, 100, ...) -> embedding
+    "one_hot",  # small categorical -> vocabulary fitted on train (+1 OOV) -> one-hot
+    "history",  # int64[B, H] ids, 0 = padding -> shared id embedding, masked mean
+]
+
+
+class FeatureConfigError(ValueError):
+    """The feature configuration is inconsistent with itself or with the input columns."""
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One input feature: its raw column, tower, encoding and size."""
+
+    name: str
+    tower: Literal["item", "user"]
+    kind: FeatureKind
+    column: str = ""
+    num_bins: int = 0
+    embedding_dim: int = 8
+    boundaries: tuple[float, ...] = ()
+    shared_with: str = ""
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+
+def default_feature_config(
+    *, embedding_dim: int = 32, id_dim: int | None = None, hash_bins: int = 10_000
+) -> list[FeatureSpec]:
+    """DESIGN.md's preprocessing table as feature specs."""
+    id_dim = id_dim or embedding_dim
+    small = max(4, embedding_dim // 4)
+    return [
+        FeatureSpec("illust_id", "item", "id_lookup", embedding_dim=id_dim),
+        FeatureSpec("artist_id", "item", "hashed", num_bins=hash_bins, embedding_dim=small),
+        FeatureSpec("tags", "item", "tags", num_bins=hash_bins, embedding_dim=small),
+        FeatureSpec("width", "item", "equal_freq", num_bins=8, embedding_dim=4),
+        FeatureSpec("height", "item", "equal_freq", num_bins=8, embedding_dim=4),
+        FeatureSpec("sanity_level", "item", "one_hot"),
+        FeatureSpec("restrict", "item", "one_hot"),
+        FeatureSpec("x_restrict", "item", "one_hot"),
+        FeatureSpec("total_bookmarks", "item", "equal_freq", num_bins=10, embedding_dim=4),
+        FeatureSpec(
+            "total_bookmarks_prior",
+            "item",
+            "prior_buckets",
+            column="total_bookmarks",
+            boundaries=PRIOR_BOUNDARIES,
+            embedding_dim=4,
+        ),
+        FeatureSpec("total_view", "item", "equal_freq", num_bins=10, embedding_dim=4),
+        FeatureSpec(
+            "total_view_prior",
+            "item",
+            "prior_buckets",
+            column="total_view",
+            boundaries=PRIOR_BOUNDARIES,
+            embedding_dim=4,
+        ),
+        FeatureSpec("user_id", "user", "hashed", num_bins=hash_bins, embedding_dim=small),
+        FeatureSpec("history", "user", "history", shared_with="illust_id"),
+    ]
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """What preprocessing learned from training data: bucket boundaries and vocabularies."""
+
+    boundaries: dict[str, list[float]] = field(default_factory=dict)
+    vocabularies: dict[str, list[int]] = field(default_factory=dict)
+
+
+def validate_feature_config(config: Sequence[FeatureSpec]) -> None:
+    """Reject configs the model cannot build (unknown sources, dangling shares, duplicates)."""
+    names = [spec.name for spec in config]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise FeatureConfigError(f"duplicate feature names {duplicates}")
+    allowed = {"item": set(ITEM_FEATURES), "user": set(USER_FEATURES)}
+    for spec in config:
+        if spec.source not in allowed[spec.tower]:
+            raise FeatureConfigError(
+                f"feature {spec.name!r} reads column {spec.source!r}, which the {spec.tower} "
+                f"tower does not have (known: {sorted(allowed[spec.tower])})"
+            )
+        if spec.kind in ("hashed", "tags", "equal_freq") and spec.num_bins < 2:
+            raise FeatureConfigError(f"feature {spec.name!r} needs num_bins >= 2")
+        if spec.kind == "prior_buckets" and not spec.boundaries:
+            raise FeatureConfigError(f"feature {spec.name!r} needs fixed boundaries")
+        if spec.kind == "history":
+            target = next((s for s in config if s.name == spec.shared_with), None)
+            if target is None or target.kind != "id_lookup":
+                raise FeatureConfigError(
+                    f"history feature {spec.name!r} must share an id_lookup feature, "
+                    f"got shared_with={spec.shared_with!r}"
+                )
+    if "illust_id" not in names:
+        raise FeatureConfigError("feature config must contain illust_id")
+
+
+def fit_feature_stats(
+    config: Sequence[FeatureSpec], items: Mapping[str, np.ndarray]
+) -> FeatureStats:
+    """Fit equal-frequency boundaries and vocabularies on training items only."""
+    validate_feature_config(config)
+    boundaries: dict[str, list[float]] = {}
+    vocabularies: dict[str, list[int]] = {}
+    for spec in config:
+        if spec.tower != "item":
+            continue
+        if spec.source not in items:
+            raise FeatureConfigError(f"feature {spec.name!r}: column {spec.source!r} missing")
+        values = np.asarray(items[spec.source])
+        if spec.kind == "equal_freq":
+            quantiles = np.quantile(values.astype(np.float64), np.linspace(0, 1, spec.num_bins + 1))
+            # Interior cut points, deduplicated: ties collapse buckets instead of making empty ones.
+            boundaries[spec.name] = sorted({float(q) for q in quantiles[1:-1]})
+        elif spec.kind in ("one_hot", "id_lookup"):
+            vocab = np.unique(values.astype(np.int64))
+            if spec.kind == "id_lookup":
+                vocab = vocab[vocab != 0]  # 0 is padding in history, never a real id
+            vocabularies[spec.name] = [int(v) for v in vocab]
+    log.info(
+        "fitted feature stats: %s",
+        {
+            **{k: len(v) + 1 for k, v in boundaries.items()},
+            **{k: len(v) for k, v in vocabularies.items()},
+        },
+    )
+    return FeatureStats(boundaries=boundaries, vocabularies=vocabularies)
+
+
+def config_to_json(config: Sequence[FeatureSpec], stats: FeatureStats | None = None) -> str:
+    """The feature config (and fitted stats) as JSON, for the MLflow artifact and the export."""
+    payload: dict[str, Any] = {"features": [dataclasses.asdict(s) for s in config]}
+    if stats is not None:
+        payload["stats"] = dataclasses.asdict(stats)
+    return json.dumps(payload, indent=2, sort_keys=True)
+
+
+def config_from_json(text: str) -> tuple[list[FeatureSpec], FeatureStats | None]:
+    payload = json.loads(text)
+    config = [
+        FeatureSpec(**{**f, "boundaries": tuple(f.get("boundaries", ()))})
+        for f in payload["features"]
+    ]
+    stats = FeatureStats(**payload["stats"]) if "stats" in payload else None
+    return config, stats
+
+
+def _tag_names(value: Any) -> str:
+    """Business ``tags`` (JSON text ``[{"name", ...}]``, a list, or "a|b") -> "a|b"."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.startswith("["):
+            return text
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            return ""
+    if isinstance(value, Iterable):
+        names = []
+        for tag in value:
+            name = tag.get("name") if isinstance(tag, Mapping) else tag
+            if name:
+                names.append(str(name).replace(TAG_SEPARATOR, " "))
+        return TAG_SEPARATOR.join(names)
+    return ""
+
+
+def _int_column(frame: pd.DataFrame, name: str) -> np.ndarray:
+    if name not in frame.columns:
+        raise FeatureConfigError(f"illusts frame lacks column {name!r}")
+    return pd.to_numeric(frame[name], errors="coerce").fillna(0).to_numpy().astype(np.int64)
+
+
+def item_features_from_frame(illusts_df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Raw ``item_tower`` inputs from an illusts frame (business schema); nulls become 0/""."""
+    out = {name: _int_column(illusts_df, name) for name in ITEM_INT_FEATURES}
+    if "tags" not in illusts_df.columns:
+        raise FeatureConfigError("illusts frame lacks column 'tags'")
+    out["tags"] = np.array([_tag_names(v) for v in illusts_df["tags"]], dtype=object)
+    return {name: out[name] for name in ITEM_FEATURES}
+
+
+def user_features_from_frames(
+    user_ids: Sequence[int] | np.ndarray,
+    interactions_df: pd.DataFrame,
+    *,
+    as_of: datetime | str | None = None,
+    history_len: int = HISTORY_LEN,
+) -> dict[str, np.ndarray]:
+    """Raw ``user_tower`` inputs: each user's bookmarked illust_ids before ``as_of``.
+
+    History is newest first (ties broken by larger illust_id first, i.e. the reverse of the
+    evaluation order), padded with 0. ``as_of`` is exclusive so a target never sees itself.
+    """
+    if history_len < 1:
+        raise ValueError(f"history_len must be >= 1, got {history_len}")
+    missing = {"user_id", "illust_id", "label", "create_time"} - set(interactions_df.columns)
+    if missing:
+        raise FeatureConfigError(f"interactions frame lacks columns {sorted(missing)}")
+    ids = np.asarray(user_ids, dtype=np.int64)
+    positives = interactions_df[interactions_df["label"] == 1]
+    if as_of is not None:
+        positives = positives[positives["create_time"] < pd.Timestamp(to_naive_utc(as_of))]
+    positives = positives.sort_values(
+        ["user_id", "create_time", "illust_id"], ascending=[True, False, False], kind="mergesort"
+    )
+    history = np.zeros((len(ids), history_len), dtype=np.int64)
+    row_of = {int(u): i for i, u in enumerate(ids)}
+    for user, group in positives.groupby("user_id", sort=False):
+        row = row_of.get(int(user))
+        if row is None:
+            continue
+        recent = group["illust_id"].to_numpy()[:history_len]
+        history[row, : len(recent)] = recent
+    return {"user_id": ids, "history": history}
+
+
+def load_item_features(engine: sa.Engine) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Every illust in the recsys DB mirror, as (illust_ids, item_tower inputs)."""
+    from tasks.core.schema import mirror_illusts
+
+    with engine.connect() as conn:
+        frame = pd.read_sql(sa.select(mirror_illusts).order_by(mirror_illusts.c.illust_id), conn)
+    features = item_features_from_frame(frame)
+    log.info("loaded item features for %d illusts from mirror_illusts", len(frame))
+    return features["illust_id"], features
+
+
+def load_user_features(
+    engine: sa.Engine, *, as_of: datetime | str | None = None, history_len: int = HISTORY_LEN
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Every mirrored user (plus users seen only in interactions), as (user_ids, inputs)."""
+    from tasks.core.schema import mirror_interactions, mirror_users
+
+    query = sa.select(
+        mirror_interactions.c.user_id,
+        mirror_interactions.c.illust_id,
+        mirror_interactions.c.label,
+        mirror_interactions.c.create_time,
+    ).where(mirror_interactions.c.label == 1)
+    if as_of is not None:
+        query = query.where(mirror_interactions.c.create_time < to_naive_utc(as_of))
+    with engine.connect() as conn:
+        users = pd.read_sql(sa.select(mirror_users.c.user_id), conn)
+        interactions = pd.read_sql(query, conn)
+    ids = np.union1d(
+        users["user_id"].to_numpy(np.int64), interactions["user_id"].to_numpy(np.int64)
+    )
+    features = user_features_from_frames(ids, interactions, history_len=history_len)
+    log.info(
+        "loaded user features for %d users from %d bookmarks (as_of=%s)",
+        len(ids),
+        len(interactions),
+        as_of,
+    )
+    return ids, features

@@ -1,0 +1,1 @@
+"""Training: config, input pipeline, loop, and the stage function the DAG calls."""

@@ -1,0 +1,1 @@
+"""Serving stage: deploy, the TF-Serving client, vectors, namespace, KV, recall, DPP, precompute."""

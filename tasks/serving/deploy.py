@@ -1,0 +1,375 @@
+"""Deploy a model version to the TF-Serving base path atomically, verify it, then switch.
+
+Layout under ``settings.serving_base_path``::
+
+    models.config               TF-Serving ModelServerConfig (text proto), written tmp+rename
+    <model_name>/<version>/     complete, never rewritten SavedModel dirs (TF-Serving layout)
+    <model_name>/<version>.tmp/ being written; TF-Serving ignores non-numeric names
+    <model_name>/LIVE           JSON pointer to the verified live version, written tmp+rename
+
+Steps: copy the SavedModel into ``<version>.tmp/`` with the warmup file
+(``assets.extra/tf_serving_warmup_requests``) and a manifest, fsync files and folders, rename
+to ``<version>/``; verify (TF-Serving: poll status until AVAILABLE and predict each signature;
+embedded default: load in process and do the same); only then rewrite ``models.config`` and
+``LIVE`` (``models.config`` keeps the replaced version loaded too, for an instant rollback);
+then prune versions beyond the newest ``keep_last`` (never the live one or the one it
+replaced). A failed verification raises and leaves the previous version live, with
+``models.config`` restored byte for byte. Rollback is ``deploy_champion`` after the alias moved back: that version is
+already on disk, so it is verified and re-pointed, never rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tasks.core.common import StageResult, get_logger
+from tasks.core.settings import Settings
+
+log = get_logger("deploy")
+
+MANIFEST = "recsys_manifest.json"
+LIVE_FILE = "LIVE"
+CONFIG_FILE = "models.config"
+WARMUP_PATH = Path("assets.extra") / "tf_serving_warmup_requests"
+
+
+class DeployError(RuntimeError):
+    """A version on disk is unusable (corrupt, or its source is missing)."""
+
+
+@dataclass(frozen=True)
+class DeployResult(StageResult):
+    """What deploy did: ``version`` live at ``path``; ``skipped`` when it already was."""
+
+    version: int | None
+    path: str
+    skipped: bool
+    reused: bool = False
+    verified_with: str = ""
+    embedding_dim: int = 0
+    removed_versions: tuple[int, ...] = ()
+    reason: str = ""
+
+
+# -- paths and pointers ------------------------------------------------------------------
+def model_base(settings: Settings) -> Path:
+    """``<serving_base_path>/<model_name>``: the TF-Serving model base path."""
+    return settings.serving_base_path / settings.model_name
+
+
+def live_version(settings: Settings) -> int | None:
+    """The verified live version (from ``LIVE``), or None before the first deploy."""
+    pointer = model_base(settings) / LIVE_FILE
+    if not pointer.exists():
+        return None
+    return int(json.loads(pointer.read_text())["version"])
+
+
+def live_model_dir(settings: Settings) -> Path | None:
+    """Directory of the live SavedModel, or None."""
+    version = live_version(settings)
+    return None if version is None else model_base(settings) / str(version)
+
+
+def deployed_versions(settings: Settings) -> list[int]:
+    """Complete version directories on disk, ascending."""
+    base = model_base(settings)
+    if not base.exists():
+        return []
+    return sorted(int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            with open(Path(dirpath) / name, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(Path(dirpath))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``path`` via a fsynced temp file and ``os.replace``: readers see old or new."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _manifest(root: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            out[path.relative_to(root).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def check_version_dir(path: Path) -> None:
+    """Raise ``DeployError`` unless ``path`` holds exactly what its manifest lists."""
+    manifest_file = path / MANIFEST
+    if not (path / "saved_model.pb").exists() or not manifest_file.exists():
+        raise DeployError(f"{path} is not a complete deployed version (no saved_model.pb/manifest)")
+    expected = json.loads(manifest_file.read_text())
+    actual = _manifest(path)
+    if actual != expected:
+        diff = sorted(set(expected.items()) ^ set(actual.items()))[:3]
+        raise DeployError(f"{path} does not match its manifest (e.g. {diff}); not reusing it")
+
+
+# -- TF-Serving files --------------------------------------------------------------------
+def render_model_config(
+    model_name: str, base_path: Path, versions: list[int], *, stable: int | None = None
+) -> str:
+    """ModelServerConfig text proto serving ``versions`` (label ``stable`` on the live one)."""
+    if not versions:
+        raise ValueError(f"models.config needs at least one version, got {versions}")
+    lines = [
+        "model_config_list {",
+        "  config {",
+        f'    name: "{model_name}"',
+        f'    base_path: "{base_path}"',
+        '    model_platform: "tensorflow"',
+        "    model_version_policy {",
+        "      specific {",
+        *[f"        versions: {v}" for v in sorted(set(versions))],
+        "      }",
+        "    }",
+    ]
+    if stable is not None:
+        lines += ["    version_labels {", '      key: "stable"', f"      value: {stable}", "    }"]
+    lines += ["  }", "}", ""]
+    return "\n".join(lines)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (wire type 2)."""
+    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+
+
+def prediction_log_bytes(
+    model_name: str, signature: str, inputs: Mapping[str, np.ndarray]
+) -> bytes:
+    """Serialized ``tensorflow.serving.PredictionLog`` holding one ``PredictRequest``.
+
+    ``tensorflow-serving-api`` is installable from PyPI but not in our lock (it would pull a
+    second protobuf/grpc pin next to TensorFlow's), so the three small wrapper messages are
+    encoded by hand here and the tensors with TensorFlow's own ``TensorProto``. Field
+    numbers from tensorflow_serving/apis: PredictionLog.predict_log = 6, PredictLog.request
+    = 1, PredictRequest.model_spec = 1 / inputs (map<string, TensorProto>) = 2, ModelSpec.name
+    = 1 / signature_name = 3; a map entry is a message with key = 1, value = 2.
+    """
+    import tensorflow as tf
+
+    model_spec = _field(1, model_name.encode()) + _field(3, signature.encode())
+    request = _field(1, model_spec)
+    for name, value in inputs.items():
+        array = np.asarray(value)
+        if array.dtype == object:
+            array = array.astype(bytes)
+        tensor = tf.make_tensor_proto(array).SerializeToString()
+        request += _field(2, _field(1, name.encode()) + _field(2, tensor))
+    return _field(6, _field(1, request))
+
+
+def write_warmup_file(version_dir: Path, model_name: str) -> Path:
+    """``assets.extra/tf_serving_warmup_requests``: one PredictionLog per signature (TFRecord)."""
+    import tensorflow as tf
+
+    from tasks.serving.local_model import SIGNATURES, sample_inputs
+
+    path = version_dir / WARMUP_PATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    probes = sample_inputs()
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for signature in SIGNATURES:
+            writer.write(prediction_log_bytes(model_name, signature, probes[signature]))
+    return path
+
+
+# -- verification ------------------------------------------------------------------------
+def _verify(
+    settings: Settings, version: int, version_dir: Path, timeout_s: float
+) -> tuple[int, str]:
+    from tasks.serving.local_model import LocalModel, verify_model
+
+    if settings.tfserving_url:
+        from tasks.serving.tfserving import TFServingClient
+
+        client = TFServingClient(settings.tfserving_url, settings.model_name, version=version)
+        client.wait_available(version, timeout_s=timeout_s)
+        return verify_model(client), "tfserving"
+    return verify_model(LocalModel(version_dir, version=version)), "in_process"
+
+
+def _write_config(settings: Settings, versions: list[int], stable: int | None) -> None:
+    settings.serving_base_path.mkdir(parents=True, exist_ok=True)
+    text = render_model_config(settings.model_name, model_base(settings), versions, stable=stable)
+    write_atomic(settings.serving_base_path / CONFIG_FILE, text.encode())
+
+
+def _materialize(settings: Settings, version: int, saved_model_dir: Path) -> tuple[Path, bool]:
+    """Make ``<base>/<version>/`` exist and be complete; returns (path, reused)."""
+    base = model_base(settings)
+    base.mkdir(parents=True, exist_ok=True)
+    final = base / str(version)
+    if final.exists():
+        check_version_dir(final)
+        log.info("version %s already on disk at %s: verified manifest, reusing", version, final)
+        return final, True
+    if not (saved_model_dir / "saved_model.pb").exists():
+        raise DeployError(f"no saved_model.pb under {saved_model_dir}")
+    tmp = base / f"{version}.tmp"
+    if tmp.exists():
+        log.warning("removing leftover %s from an interrupted deploy", tmp)
+        shutil.rmtree(tmp)
+    shutil.copytree(saved_model_dir, tmp)
+    write_warmup_file(tmp, settings.model_name)
+    (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp), indent=1, sort_keys=True))
+    _fsync_tree(tmp)
+    os.rename(tmp, final)
+    _fsync_dir(base)
+    n_files = sum(1 for p in final.rglob("*") if p.is_file())
+    log.info("wrote version %s to %s (%d files)", version, final, n_files)
+    return final, False
+
+
+def _prune(settings: Settings, keep_last: int, protected: set[int]) -> tuple[int, ...]:
+    """Delete version dirs beyond the newest ``keep_last``, except ``protected`` ones."""
+    versions = deployed_versions(settings)
+    keep = set(versions[-keep_last:]) | protected
+    removed = tuple(v for v in versions if v not in keep)
+    for version in removed:
+        shutil.rmtree(model_base(settings) / str(version))
+        log.info("removed old version %s", version)
+    return removed
+
+
+def deploy_saved_model(
+    settings: Settings,
+    version: int,
+    saved_model_dir: str | Path,
+    *,
+    keep_last: int = 3,
+    verify_timeout_s: float = 120.0,
+) -> DeployResult:
+    """Deploy ``saved_model_dir`` as ``version``, verify it, then make it live.
+
+    Idempotent: an existing complete ``<version>/`` is verified and reused, never rewritten;
+    if it is already live nothing changes and ``skipped`` is True.
+    """
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"version must be a positive int, got {version!r}")
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+    previous = live_version(settings)
+    final, reused = _materialize(settings, version, Path(saved_model_dir))
+    if previous == version and (settings.serving_base_path / CONFIG_FILE).exists():
+        return DeployResult(version, str(final), skipped=True, reused=True, reason="already live")
+
+    config_path = settings.serving_base_path / CONFIG_FILE
+    config_before = config_path.read_bytes() if config_path.exists() else None
+    if settings.tfserving_url:
+        # TF-Serving must load the new version to be asked about it; the old one keeps
+        # serving (and keeps the "stable" label) until the new one passes.
+        staging = [v for v in (previous, version) if v is not None]
+        _write_config(settings, staging, stable=previous)
+    try:
+        dim, how = _verify(settings, version, final, verify_timeout_s)
+    except Exception as exc:
+        if settings.tfserving_url:  # put TF-Serving back on exactly what it served before
+            if config_before is not None:
+                write_atomic(config_path, config_before)
+            else:
+                config_path.unlink(missing_ok=True)
+        log.error("version %s failed verification; %s stays live: %s", version, previous, exc)
+        from tasks.serving.local_model import ModelVerificationError
+
+        if isinstance(exc, ModelVerificationError):
+            raise
+        raise ModelVerificationError(f"version {version} failed verification: {exc}") from exc
+
+    # Serve the new version (label "stable") and keep the one it replaces loaded, so that
+    # a rollback is instant; both are protected from pruning.
+    keep_loaded = [v for v in (version, previous) if v is not None]
+    _write_config(settings, keep_loaded, stable=version)
+    pointer = {"version": version, "path": str(final), "embedding_dim": dim, "verified_with": how}
+    write_atomic(model_base(settings) / LIVE_FILE, json.dumps(pointer).encode())
+    removed = _prune(settings, keep_last, set(keep_loaded))
+    log.info("version %s live (was %s), verified %s, dim %d", version, previous, how, dim)
+    return DeployResult(
+        version,
+        str(final),
+        skipped=False,
+        reused=reused,
+        verified_with=how,
+        embedding_dim=dim,
+        removed_versions=removed,
+    )
+
+
+def deploy_champion(settings: Settings, *, keep_last: int = 3) -> DeployResult:
+    """Deploy the MLflow ``champion`` version (no-op if it is already live)."""
+    from model_registry.registry import download_saved_model, resolve_alias
+
+    ref = resolve_alias(settings, "champion")
+    if ref is None:
+        log.warning("no champion alias on %s; nothing to deploy", settings.registered_model_name)
+        return DeployResult(None, "", skipped=True, reason="no champion alias")
+    version = int(ref.version)
+    final = model_base(settings) / str(version)
+    if live_version(settings) == version and final.exists():
+        check_version_dir(final)
+        log.info("champion version %s is already live", version)
+        return DeployResult(version, str(final), skipped=True, reused=True, reason="already live")
+    if final.exists():
+        return deploy_saved_model(settings, version, final, keep_last=keep_last)
+    staging = model_base(settings) / f".download-{version}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    try:
+        source = download_saved_model(settings, ref, staging)
+        return deploy_saved_model(settings, version, source, keep_last=keep_last)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+__all__ = [
+    "DeployError",
+    "DeployResult",
+    "deploy_champion",
+    "deploy_saved_model",
+    "live_model_dir",
+    "live_version",
+    "prediction_log_bytes",
+    "render_model_config",
+]
