@@ -17,13 +17,12 @@ Long-lived clients (KV, MilvusClient, model) are created once at startup in ``ap
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -123,8 +122,14 @@ class ServingState:
     # -- namespace ------------------------------------------------------------------------
     def namespace(self) -> NamespaceView:
         """The live namespace, its meta, topn freshness and hot list (cached ~1 s)."""
+        from tasks.serving.namespace import (
+            current_namespace,
+            hot_key,
+            namespace_meta,
+            topn_is_fresh,
+            topn_meta_key,
+        )
         from tasks.serving.recall import decode_scored
-        from tasks.serving.vectors import current_namespace, namespace_meta
 
         view = self.view
         if view is not None and time.monotonic() - view.read_at < NAMESPACE_TTL_S:
@@ -136,12 +141,9 @@ class ServingState:
         topn_fresh = False
         hot: list[tuple[int, float]] = []
         if name and meta:
-            raw_topn, raw_hot = self.kv.mget([f"{name}:topn_meta", f"{name}:hot"])
+            raw_topn, raw_hot = self.kv.mget([topn_meta_key(name), hot_key(name)])
             hot = decode_scored(raw_hot)
-            if raw_topn:
-                topn_asof = datetime.fromisoformat(json.loads(raw_topn)["data_as_of"])
-                data_asof = datetime.fromisoformat(meta["data_as_of"])
-                topn_fresh = data_asof - topn_asof <= self.precompute_max_age
+            topn_fresh = topn_is_fresh(meta, raw_topn, self.precompute_max_age)
         if hot:
             self.last_hot = hot
         view = NamespaceView(name, meta, topn_fresh, hot or self.last_hot, time.monotonic())
@@ -212,6 +214,14 @@ def recommend_for(
 ) -> dict[str, Any]:
     """The recommend flow with its fallbacks (see the module docstring)."""
     from tasks.serving.dpp import dpp_rerank
+    from tasks.serving.namespace import (
+        follow_new_key,
+        hist_key,
+        i2i_key,
+        seen_key,
+        topn_key,
+        user_vec_key,
+    )
     from tasks.serving.recall import (
         combine_neighbors,
         decode_ids,
@@ -231,7 +241,7 @@ def recommend_for(
         return _hot_answer(state, k, set(), ["no_namespace"], namespace=None)
     try:
         if view.topn_fresh and not dpp:
-            top = state.kv.zrevrange(f"{ns}:topn:{user_id}", 0, k - 1)
+            top = state.kv.zrevrange(topn_key(ns, user_id), 0, k - 1)
             if top:
                 from tasks.serving.recall import Candidate
 
@@ -248,10 +258,10 @@ def recommend_for(
                 }
         raw_vec, raw_seen, raw_hist, raw_follow = state.kv.mget(
             [
-                f"{ns}:user_vec:{user_id}",
-                f"{ns}:seen:{user_id}",
-                f"{ns}:hist:{user_id}",
-                f"{ns}:follow_new:{user_id}",
+                user_vec_key(ns, user_id),
+                seen_key(ns, user_id),
+                hist_key(ns, user_id),
+                follow_new_key(ns, user_id),
             ]
         )
     except Exception as exc:
@@ -261,12 +271,15 @@ def recommend_for(
     history = decode_ids(raw_hist)
     vector = decode_vector(raw_vec)
     if vector is None and history and state.model is not None:
+        from tasks.model.features import HISTORY_LEN, BookmarkHistory
+
         try:
             out = state.model.predict(
                 "user_tower",
                 {
                     "user_id": np.array([user_id], np.int64),
-                    "history": np.array([history], np.int64),
+                    # hist:<uid> is refresh's cut (newest first); laid out as everywhere else.
+                    "history": BookmarkHistory.pad([history], HISTORY_LEN),
                 },
             )
             vector = np.asarray(out["embedding"][0], dtype=np.float32)
@@ -289,7 +302,7 @@ def recommend_for(
             degraded.append("milvus")
     if history:
         try:
-            raw_i2i = state.kv.mget([f"{ns}:i2i:{i}" for i in history[:I2I_SEEDS]])
+            raw_i2i = state.kv.mget([i2i_key(ns, i) for i in history[:I2I_SEEDS]])
             channels.append(
                 ("i2i", combine_neighbors((decode_scored(r) for r in raw_i2i), n=pool + len(seen)))
             )
@@ -323,6 +336,7 @@ def recommend_for(
 
 def similar_to(state: ServingState, illust_id: int, k: int) -> dict[str, Any]:
     """Nearest items to ``illust_id`` (ANN on its item vector); item-CF, then hot, as fallbacks."""
+    from tasks.serving.namespace import i2i_key
     from tasks.serving.recall import Candidate, decode_scored
 
     degraded: list[str] = []
@@ -350,7 +364,7 @@ def similar_to(state: ServingState, illust_id: int, k: int) -> dict[str, Any]:
         return _hot_answer(state, k, {illust_id}, degraded)
     try:
         if live.name:
-            pairs = decode_scored(state.kv.get(f"{live.name}:i2i:{illust_id}"))[:k]
+            pairs = decode_scored(state.kv.get(i2i_key(live.name, illust_id)))[:k]
             if pairs:
                 return {
                     "source": "i2i",

@@ -117,6 +117,13 @@ def main() -> None:
         from tasks.core.settings import load_settings
         from tasks.data.sources.generate import GeneratorConfig, generate_frames
         from tasks.serving.deploy import deploy_saved_model
+        from tasks.serving.namespace import (
+            key_id,
+            seen_key,
+            topn_prefix,
+            user_vec_key,
+            user_vec_prefix,
+        )
         from tasks.serving.precompute import precompute_topn
         from tasks.serving.vectors import refresh_vectors
         from tests.doubles.fixture_model import HashModelSpec, export_hash_two_tower
@@ -161,8 +168,8 @@ def main() -> None:
             time.sleep(0.1)
         state = app.state.serving
         kv, milvus = state.kv, state.milvus
-        topn_users = sorted({int(k.rsplit(":", 1)[1]) for k in kv.scan_keys(f"{ns}:topn:")})
-        vec_users = {int(k.rsplit(":", 1)[1]) for k in kv.scan_keys(f"{ns}:user_vec:")}
+        topn_users = sorted({key_id(k) for k in kv.scan_keys(topn_prefix(ns))})
+        vec_users = {key_id(k) for k in kv.scan_keys(user_vec_prefix(ns))}
         realtime_users = sorted(vec_users - set(topn_users))
         if not realtime_users or not topn_users:
             raise RuntimeError(
@@ -184,7 +191,7 @@ def main() -> None:
         from tasks.serving.recall import decode_ids, decode_vector
 
         def direct(user: int) -> int:
-            raw_vec, raw_seen = kv.mget([f"{ns}:user_vec:{user}", f"{ns}:seen:{user}"])
+            raw_vec, raw_seen = kv.mget([user_vec_key(ns, user), seen_key(ns, user)])
             vec = decode_vector(raw_vec)
             seen = decode_ids(raw_seen)
             hits = milvus.search(

@@ -111,7 +111,7 @@ def main() -> None:
         replica_url=replica_url, recsys_db_url=f"{ROOT_URL}/{RECSYS_DB}?charset=utf8mb4"
     )
     recsys = get_engine(settings.recsys_db_url)
-    schema.create_recsys_schema(recsys)
+    schema.ensure_recsys_schema(recsys)
     with_infile = settings.replace(recsys_db_url=settings.recsys_db_url + "&local_infile=1")
     paths = {  # name -> (settings, server_side_copy, expected copy method)
         "ours": (settings, None, "insert_select"),

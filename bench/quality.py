@@ -2,7 +2,7 @@
 
 Usage: ``python bench/quality.py [--data PATH] [--format ml-100k|movielens-csv]``.
 The two-tower model is the pipeline's own code (tasks.model.features / tasks.model.two_tower / the
-``fit_model`` loop of tasks.model.training.stage), trained next-item style on the split's train part: every
+``fit_model`` loop of tasks.model.training.loop), trained next-item style on the split's train part: every
 train bookmark is a target whose history is the user's earlier bookmarks (so no example sees
 its own target or the future), loss = in-batch softmax with logQ correction. Item popularity
 features (total_bookmarks / total_view) are recomputed from the train part only: the
@@ -68,13 +68,9 @@ def train_two_tower_on_split(
     import keras
     import tensorflow as tf
 
-    from tasks.model.training.stage import (
-        ItemCatalogue,
-        TrainParams,
-        fit_model,
-        keras_towers,
-        tower_scores,
-    )
+    from tasks.model.scoring import ItemCatalogue, keras_towers, tower_scores
+    from tasks.model.training.config import TrainParams
+    from tasks.model.training.loop import fit_model
     from tasks.model.two_tower import ModelParams, build_two_tower
 
     params = TrainParams(

@@ -4,7 +4,7 @@ Both train the same two-tower model (same config, same seed, point-wise loss) on
 rows, alternately (pipeline, in-memory, pipeline, in-memory: 3 epochs a fit); the medians of
 the examples/s of every epoch but each fit's first (tracing) are compared.
 * pipeline: the ``samples`` table in an SQLite recsys DB, streamed in chunks by
-  ``tasks.model.training.stage.SampleStream`` (history cut per example, item features gathered; the first
+  ``tasks.model.training.examples.SampleStream`` (history cut per example, item features gathered; the first
   pass writes featurized chunks to a local .npz cache that later epochs read in random
   order) -> ``tf.data.Dataset.from_generator``; ``first_pass_rows_per_s`` reports the
   database pass alone;
@@ -38,11 +38,11 @@ def seed_database(url: str, *, n_users: int, n_items: int, n_samples: int) -> No
     import sqlalchemy as sa
 
     from tasks.core.db import get_engine
-    from tasks.core.schema import create_recsys_schema, mirror_illusts, mirror_interactions, samples
+    from tasks.core.schema import ensure_recsys_schema, mirror_illusts, mirror_interactions, samples
 
     rng = np.random.default_rng(SEED)
     engine = get_engine(url)
-    create_recsys_schema(engine)
+    ensure_recsys_schema(engine)
     tags = np.array(["cat", "dog", "sky", "sea", "girl", "mecha", "food", "city"])
     illusts = pd.DataFrame(
         {
@@ -103,20 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     from tasks.core.db import get_engine
-    from tasks.model.features import default_feature_config, fit_feature_stats
-    from tasks.model.training.stage import (
-        BookmarkHistory,
-        SampleStream,
-        TrainParams,
-        dataset_from_batches,
-        fit_model,
-        read_training_inputs,
-    )
+    from tasks.model.features import BookmarkHistory, default_feature_config, fit_feature_stats
+    from tasks.model.training.config import TrainParams
+    from tasks.model.training.dataset import dataset_from_batches
+    from tasks.model.training.examples import SampleStream, read_training_inputs
+    from tasks.model.training.loop import fit_model
     from tasks.model.two_tower import ModelParams, build_two_tower
 
     params = TrainParams(
-        epochs=3, batch_size=args.batch_size, dim=32, hidden=64, patience=10, seed=SEED,
-        chunk_rows=8192, val_share=0.01,
+        loss="pointwise", epochs=3, batch_size=args.batch_size, dim=32, hidden=64, patience=10,
+        seed=SEED, chunk_rows=8192, val_share=0.01,
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/recsys.db"

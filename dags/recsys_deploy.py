@@ -23,29 +23,23 @@ then wait for the next run or trigger this DAG. `force` redeploys/refreshes the 
 
 from __future__ import annotations
 
-import pendulum
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, task
 
 from plugins.dag_defaults import (
     CHAMPION_MODEL,
-    DEFAULT_ARGS,
     MILVUS_POOL,
     SERVING_VECTORS,
-    TAGS,
+    recsys_dag,
     task_settings,
 )
 
 
-@dag(
-    dag_id="recsys_deploy",
+@recsys_dag(
+    "recsys_deploy",
     schedule=AssetOrTimeSchedule(
         timetable=CronTriggerTimetable("*/15 * * * *", timezone="UTC"), assets=[CHAMPION_MODEL]
     ),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    tags=[*TAGS, "serving"],
+    stage="serving",
     doc_md=__doc__,
     params={
         "force": Param(

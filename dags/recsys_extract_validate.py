@@ -30,28 +30,22 @@ after the backfill picks them up again (nothing is lost, the run just fails firs
 
 from __future__ import annotations
 
-import pendulum
-from airflow.sdk import CronDataIntervalTimetable, dag, task
+from airflow.sdk import CronDataIntervalTimetable, task
 
 from plugins.dag_defaults import (
-    DEFAULT_ARGS,
     NO_RETRY,
     REPLICA_POOL,
-    TAGS,
     VALIDATED_DATA,
     interval_params,
+    recsys_dag,
     task_settings,
 )
 
 
-@dag(
-    dag_id="recsys_extract_validate",
+@recsys_dag(
+    "recsys_extract_validate",
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    tags=[*TAGS, "data"],
+    stage="data",
     doc_md=__doc__,
     params=interval_params("use the run's data interval"),
 )

@@ -11,22 +11,17 @@ Scheduled on **recsys_serving_vectors** (after every vector refresh) and every 6
 
 from __future__ import annotations
 
-import pendulum
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, task
 
-from plugins.dag_defaults import DEFAULT_ARGS, SERVING_VECTORS, TAGS, task_settings
+from plugins.dag_defaults import SERVING_VECTORS, recsys_dag, task_settings
 
 
-@dag(
-    dag_id="recsys_precompute",
+@recsys_dag(
+    "recsys_precompute",
     schedule=AssetOrTimeSchedule(
         timetable=CronTriggerTimetable("0 */6 * * *", timezone="UTC"), assets=[SERVING_VECTORS]
     ),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    tags=[*TAGS, "serving"],
+    stage="serving",
     doc_md=__doc__,
     params={"top_n": Param(100, type="integer", minimum=1, maximum=1000)},
 )

@@ -23,28 +23,23 @@ A person can also move the `champion` alias in the MLflow UI; `recsys_deploy` no
 
 from __future__ import annotations
 
-import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, task
 
 from plugins.dag_defaults import (
     CHAMPION_MODEL,
-    DEFAULT_ARGS,
     NO_RETRY,
-    TAGS,
     VALIDATED_DATA,
     interval_params,
+    recsys_dag,
     task_settings,
 )
+from tasks.model.training.config import LOSSES, TRAIN_DEFAULTS
 
 
-@dag(
-    dag_id="recsys_train",
+@recsys_dag(
+    "recsys_train",
     schedule=[VALIDATED_DATA],
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    tags=[*TAGS, "model"],
+    stage="model",
     doc_md=__doc__,
     params={
         **interval_params("sample the intervals named by the triggering asset events"),
@@ -57,10 +52,11 @@ from plugins.dag_defaults import (
             description="Share of negatives drawn by popularity.",
         ),
         "popularity_exponent": Param(0.75, type="number", minimum=0, maximum=2),
-        "epochs": Param(10, type="integer", minimum=1, maximum=200),
+        # Training defaults come from TrainParams (tasks/model/training/config.py), the one source.
+        "epochs": Param(TRAIN_DEFAULTS.epochs, type="integer", minimum=1, maximum=200),
         "loss": Param(
-            "inbatch_softmax",
-            enum=["inbatch_softmax", "pointwise"],
+            TRAIN_DEFAULTS.loss,
+            enum=list(LOSSES),
             description="inbatch_softmax (logQ-corrected, wins on bench/quality.py) or "
             "pointwise BCE on the samples table (the write-up's choice).",
         ),

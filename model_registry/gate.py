@@ -34,6 +34,7 @@ from tasks.model.evaluate import (
     leave_last_positive_split,
 )
 from tasks.model.features import HISTORY_LEN
+from tasks.model.scoring import ItemCatalogue
 
 log = get_logger("gate")
 
@@ -43,7 +44,7 @@ class Holdout:
     """A leave-last-positive split plus the raw item features to score its catalogue."""
 
     split: LeaveLastSplit
-    catalogue: object  # tasks.model.training.stage.ItemCatalogue (kept untyped: tasks.model.training.stage is heavy to import)
+    catalogue: ItemCatalogue
     history_len: int = HISTORY_LEN
 
 
@@ -71,7 +72,6 @@ def load_holdout(settings: Settings, interval_end: datetime | str | None = None)
     from tasks.core.db import get_engine
     from tasks.core.schema import mirror_illusts, mirror_interactions
     from tasks.model.features import item_features_from_frame
-    from tasks.model.training.stage import ItemCatalogue
 
     engine = get_engine(settings.recsys_db_url)
     query = sa.select(
@@ -100,14 +100,14 @@ def score_saved_model(settings: Settings, ref: ModelRef, holdout: Holdout) -> di
     """Download the version's SavedModel and rank the holdout with its towers."""
     import tensorflow as tf
 
-    from tasks.model.training.stage import saved_model_towers, tower_scores
+    from tasks.model.scoring import saved_model_towers, tower_scores
 
     with tempfile.TemporaryDirectory() as tmp:
         path = download_saved_model(settings, ref, Path(tmp))
         user_fn, item_fn = saved_model_towers(tf.saved_model.load(str(path)))
         return tower_scores(
             holdout.split,
-            holdout.catalogue,  # type: ignore[arg-type]
+            holdout.catalogue,
             user_fn,
             item_fn,
             history_len=holdout.history_len,

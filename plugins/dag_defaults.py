@@ -9,7 +9,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import Asset, Param
+import pendulum
+from airflow.sdk import Asset, Param, dag
 
 from plugins.callbacks import record_task_failure
 
@@ -38,6 +39,34 @@ DEFAULT_ARGS: dict[str, Any] = {
 NO_RETRY: dict[str, Any] = {"retries": 0}
 
 TAGS = ["recsys4pix"]
+START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
+
+
+def recsys_dag(
+    dag_id: str,
+    *,
+    schedule: Any,
+    stage: str,
+    doc_md: str | None,
+    params: dict[str, Param] | None = None,
+) -> Any:
+    """The ``@dag(...)`` header every recsys4pix DAG shares; only what differs is passed in.
+
+    One run at a time (each stage is idempotent per interval but shares backends), no
+    catch-up (backfills are explicit), the shared retries/failure callback, and tags
+    ``recsys4pix`` + the stage name so the UI can filter by stage.
+    """
+    return dag(
+        dag_id=dag_id,
+        schedule=schedule,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        tags=[*TAGS, stage],
+        doc_md=doc_md,
+        params=params or {},
+    )
 
 
 def interval_params(when_empty: str) -> dict[str, Param]:

@@ -6,7 +6,7 @@ import sqlalchemy as sa
 
 from tasks.core.common import get_logger
 from tasks.core.db import get_engine, insert_ignore
-from tasks.core.schema import create_recsys_schema, pipeline_failures
+from tasks.core.schema import ensure_recsys_schema, pipeline_failures
 from tasks.core.settings import Settings
 
 log = get_logger("failures")
@@ -24,7 +24,7 @@ def record_failure(
 ) -> None:
     """Write one row per failed task try to ``pipeline_failures`` (idempotent per try)."""
     engine = get_engine(settings.recsys_db_url)
-    create_recsys_schema(engine)
+    ensure_recsys_schema(engine)
     row = {
         "dag_id": dag_id,
         "task_id": task_id,
@@ -48,7 +48,7 @@ def record_failure(
 def list_failures(settings: Settings, dag_id: str | None = None) -> list[dict[str, object]]:
     """Failures recorded so far, newest first."""
     engine = get_engine(settings.recsys_db_url)
-    create_recsys_schema(engine)
+    ensure_recsys_schema(engine)
     query = sa.select(pipeline_failures).order_by(pipeline_failures.c.id.desc())
     if dag_id:
         query = query.where(pipeline_failures.c.dag_id == dag_id)

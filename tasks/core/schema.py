@@ -6,7 +6,9 @@ Two databases:
   ``follows`` as in DESIGN.md. ``infra/sql/replica_schema.sql`` is the MySQL DDL rendered
   from these definitions (``python -m tasks.core.schema --ddl``).
 * the **recsys DB** we own: mirror tables of the replica, extraction watermarks, the
-  quarantine of rows that failed validation, and the training ``samples``.
+  quarantine of rows that failed validation, and the training ``samples``. Its tables change
+  only by Alembic revisions (``tasks/core/migrations``, applied by ``ensure_recsys_schema``):
+  a change here needs a new revision, or ``tests/integration/test_migrations.py`` fails.
 
 ``tags`` is stored as text holding JSON (``[{"name", "translatedName", "id"}]``) rather than
 a JSON column: the replica is not ours to trust, and validation must be able to see (and
@@ -201,9 +203,13 @@ def create_business_schema(engine: sa.Engine) -> None:
     business_metadata.create_all(engine)
 
 
-def create_recsys_schema(engine: sa.Engine) -> None:
-    """Create the recsys DB tables we own (idempotent)."""
-    recsys_metadata.create_all(engine)
+def ensure_recsys_schema(engine: sa.Engine) -> None:
+    """Bring the recsys DB to the newest schema by Alembic migrations (new database: all
+    revisions; one built by the old create_all: stamped, then upgraded; at head: a no-op
+    cached per URL). See :mod:`tasks.core.migrate`."""
+    from tasks.core.migrate import ensure_recsys_schema as ensure
+
+    ensure(engine)
 
 
 def mysql_ddl(metadata: sa.MetaData = business_metadata) -> str:

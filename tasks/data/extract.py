@@ -34,14 +34,18 @@ How rows travel (``copy_method``):
 * ``insert_select``: replica and recsys DB are one MySQL server and account: one
   ``INSERT ... SELECT`` per table (READ COMMITTED, so no shared locks on replica rows).
 * ``load_data``: both MySQL, recsys URL with ``local_infile=1``: the replica renders each row
-  as one LOAD DATA text line (``CONCAT_WS`` of escaped values, so Python handles one string
-  per row, not typed values), a server-side cursor streams ``batch_size`` lines at a time
-  into a temp file, and a writer thread runs ``LOAD DATA LOCAL INFILE`` on it while the next
-  batch is read. Row counts and warnings are checked per file: LOAD DATA LOCAL turns errors
-  into warnings, and a warning here fails the run.
+  as one LOAD DATA text line (``tasks.data.bulk.load_data_line``: ``CONCAT_WS`` of escaped
+  values, so Python handles one string per row, not typed values), a server-side cursor
+  streams ``batch_size`` lines at a time into a temp file, and a writer thread runs
+  ``LOAD DATA LOCAL INFILE`` on it while the next batch is read. Row counts and warnings
+  are checked per file: LOAD DATA LOCAL turns errors into warnings, and a warning here
+  fails the run.
 * ``insert``: MySQL recsys DB without ``local_infile``: the writer thread sends multi-row
   INSERTs instead.
 * ``executemany``: anything else (SQLite): SQLAlchemy executemany per batch.
+
+The transport itself (escaping, LOAD DATA files and checks, INSERT literals, the writer
+thread) is ``tasks.data.bulk``; this module decides what to read and how it travels.
 
 The replica is only ever read (production: a read-only account); on MySQL/MariaDB a
 replica-lag guard runs first (``SHOW REPLICA STATUS``).
@@ -50,20 +54,29 @@ replica-lag guard runs first (``SHOW REPLICA STATUS``).
 from __future__ import annotations
 
 import os
-import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from operator import itemgetter
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import sqlalchemy as sa
+import tenacity
 
 from tasks.core import schema
 from tasks.core.common import StageResult, check_interval, get_logger
-from tasks.core.db import BackgroundCalls, bulk_execute, get_engine, local_infile_enabled
+from tasks.core.db import get_engine
 from tasks.core.settings import Settings
+from tasks.data.bulk import (
+    BulkWriter,
+    LoadDataTarget,
+    RowLiterals,
+    bulk_execute,
+    load_data_line,
+    local_infile_enabled,
+    session_has_no_backslash_escapes,
+)
 
 log = get_logger("extract")
 
@@ -152,23 +165,35 @@ def wait_for_replica(
     poll_s: float = 5.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> LagCheck:
-    """Poll the replica status until lag is within ``max_lag_s``, for at most ``wait_s``.
+    """Poll the replica status until lag is within ``max_lag_s``, for at most ``wait_s``
+    (the time slept, ``poll_s`` at a time).
 
     Raises ``ReplicaLagError`` when still behind after the wait (or at once on NULL lag).
     """
-    waited = 0.0
-    while True:
-        check = decide_replica_lag(
+
+    def gave_up(state: tenacity.RetryCallState) -> NoReturn:
+        check = state.outcome.result()  # type: ignore[union-attr]
+        raise ReplicaLagError(f"{check.reason} after waiting {state.idle_for:.0f}s; giving up")
+
+    def waiting(state: tenacity.RetryCallState) -> None:
+        check = state.outcome.result()  # type: ignore[union-attr]
+        log.warning("replica lag check: %s; waiting %.0fs", check.reason, poll_s)
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_result(lambda check: not check.ok),  # errors are not retried
+        stop=lambda state: state.idle_for >= wait_s,
+        wait=tenacity.wait_fixed(poll_s),
+        sleep=sleep,
+        before_sleep=waiting,
+        retry_error_callback=gave_up,
+    )
+    check: LagCheck = retrying(
+        lambda: decide_replica_lag(
             read_status(), max_lag_s=max_lag_s, allow_no_replication=allow_no_replication
         )
-        if check.ok:
-            log.info("replica lag check: %s", check.reason)
-            return check
-        if waited >= wait_s:
-            raise ReplicaLagError(f"{check.reason} after waiting {waited:.0f}s; giving up")
-        log.warning("replica lag check: %s; waiting %.0fs", check.reason, poll_s)
-        sleep(poll_s)
-        waited += poll_s
+    )
+    log.info("replica lag check: %s", check.reason)
+    return check
 
 
 def lower_bound(
@@ -264,7 +289,7 @@ def extract_interval(
 
     replica = get_engine(settings.replica_url)
     recsys = get_engine(settings.recsys_db_url)
-    schema.create_recsys_schema(recsys)
+    schema.ensure_recsys_schema(recsys)
 
     lag: float | None = None
     if replica.dialect.name in ("mysql", "mariadb"):
@@ -452,44 +477,24 @@ def row_numbering(dialect: sa.Dialect) -> Literal["variable", "window"]:
     return "variable" if getattr(dialect, "is_mariadb", False) else "window"
 
 
-def load_data_line(table: sa.Table) -> sa.ColumnElement[str]:
-    """One row of ``table`` as a LOAD DATA text line, rendered by the (MySQL) replica.
-
-    Fields are tab-separated; NULL is ``\\N``; in text values backslash, tab and newline
-    are escaped as LOAD DATA's default ``ESCAPED BY '\\'`` reads them back. Numbers and
-    timestamps print as MySQL casts them to text, which LOAD DATA parses back exactly.
-    """
-    fields = []
-    for column in table.columns:
-        value: sa.ColumnElement[Any] = column
-        if isinstance(column.type, (sa.String, sa.Text)):
-            for raw, escaped in (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n")):
-                value = sa.func.replace(value, sa.literal(raw), sa.literal(escaped))
-        elif not isinstance(column.type, (sa.Integer, sa.DateTime)):
-            raise ValueError(
-                f"no LOAD DATA text form for {table.name}.{column.name}: {column.type}"
-            )
-        fields.append(sa.func.ifnull(value, sa.literal("\\N")))
-    return sa.func.concat_ws(sa.literal("\t"), *fields, type_=sa.Text)
-
-
 def _copy_load_data(job: _CopyJob) -> int:
-    """Stream the window as LOAD DATA text lines (rendered by the replica) through temp
-    files into staging; a writer thread loads file k while this thread reads batch k+1."""
-    import tempfile
-
+    """Stream the window as LOAD DATA text lines (rendered by the replica) into staging: a
+    ``BulkWriter`` thread loads batch k's file while this thread reads batch k+1."""
     from MySQLdb.cursors import SSCursor
 
-    sql_mode = str(job.out.exec_driver_sql("SELECT @@SESSION.sql_mode").scalar() or "")
-    if "NO_BACKSLASH_ESCAPES" in sql_mode:  # the LOAD DATA clause below spells '\\t'
+    if session_has_no_backslash_escapes(job.out):  # the LOAD DATA clause spells '\\t'
         log.info("%s: recsys session has NO_BACKSLASH_ESCAPES: multi-row INSERTs", job.table_name)
         return _copy_streamed(job, mysql=True)
     business = schema.BUSINESS_TABLES[job.table_name]
     inner = replica_select(job.table_name, job.lower, job.end).subquery()
     compiled = sa.select(load_data_line(inner)).compile(dialect=job.replica.dialect)
     params = [compiled.params[name] for name in compiled.positiontup or ()]
-    staging = schema.STAGING_TABLES[job.table_name]
-    columns = ", ".join(f"`{c.name}`" for c in business.columns)
+    target = LoadDataTarget(
+        table=schema.STAGING_TABLES[job.table_name].name,
+        columns=("row_seq", *(c.name for c in business.columns)),
+        set_clause="data_interval_start = @recsys_interval_start, "
+        "data_interval_end = @recsys_interval_end, run_id = @recsys_run_id",
+    )
     dbapi_out = job.out.connection.dbapi_connection
     setup = dbapi_out.cursor()
     try:
@@ -500,17 +505,7 @@ def _copy_load_data(job: _CopyJob) -> int:
     finally:
         setup.close()
     written = 0
-    with (
-        tempfile.TemporaryDirectory(prefix=f"extract-{job.table_name}-") as tmp,
-        _LoadDataWriter(
-            dbapi_out,
-            f"INTO TABLE `{staging.name}` CHARACTER SET utf8mb4 "
-            f"FIELDS TERMINATED BY '\\t' (`row_seq`, {columns}) "
-            f"SET data_interval_start = @recsys_interval_start, "
-            f"data_interval_end = @recsys_interval_end, "
-            "run_id = @recsys_run_id",
-        ) as writer,
-    ):
+    with BulkWriter(dbapi_out, name="staging-loader") as writer:
         raw = job.replica.raw_connection()
         try:
             cursor = raw.cursor(SSCursor)
@@ -519,16 +514,8 @@ def _copy_load_data(job: _CopyJob) -> int:
                 batch_no = 0
                 while lines := cursor.fetchmany(job.batch_size):
                     batch_no += 1
-                    path = os.path.join(tmp, f"{batch_no}.tsv")
-                    # row_seq first: "<n>\t<line>", numbered across batches
-                    numbered = zip(
-                        range(written, written + len(lines)), map(itemgetter(0), lines), strict=True
-                    )
-                    text = "\n".join(map("%d\t%s".__mod__, numbered))
-                    with open(path, "w", encoding="utf-8", newline="\n") as handle:
-                        handle.write(text)
-                        handle.write("\n")
-                    writer.load(path, len(lines))
+                    # row_seq first, numbered across batches
+                    writer.load_lines(list(map(itemgetter(0), lines)), target, number_from=written)
                     written += len(lines)
                     if batch_no % 20 == 0:
                         log.info("%s: %d rows read, loading", job.table_name, written)
@@ -539,55 +526,15 @@ def _copy_load_data(job: _CopyJob) -> int:
     return written
 
 
-class _LoadDataWriter:
-    """Runs ``LOAD DATA LOCAL INFILE <file> <clause>`` per file on a background thread, in
-    order, checking each file's affected row count and warnings; deletes loaded files.
-    Errors from the thread are re-raised by ``load`` and on exit."""
-
-    def __init__(self, dbapi_connection: Any, clause: str) -> None:
-        self._connection = dbapi_connection
-        self._clause = clause
-        self._background = BackgroundCalls("staging-loader")
-
-    def __enter__(self) -> _LoadDataWriter:
-        return self
-
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        self._background.close(cancel=exc_type is not None)
-
-    def load(self, path: str, expected_rows: int) -> None:
-        if "'" in path or "\\" in path:
-            raise ValueError(f"temp path not usable in LOAD DATA: {path!r}")
-        self._background.submit(lambda: self._load(path, expected_rows))
-
-    def _load(self, path: str, expected_rows: int) -> None:
-        cursor = self._connection.cursor()
-        try:
-            loaded = cursor.execute(f"LOAD DATA LOCAL INFILE '{path}' {self._clause}")
-            if self._connection.warning_count():
-                cursor.execute("SHOW WARNINGS LIMIT 5")
-                raise RuntimeError(
-                    f"LOAD DATA of {expected_rows} staged rows gave warnings (LOCAL turns "
-                    f"errors into warnings; refusing to go on): {cursor.fetchall()!r}"
-                )
-            if loaded != expected_rows:
-                raise RuntimeError(f"LOAD DATA loaded {loaded} rows, expected {expected_rows}")
-        finally:
-            cursor.close()
-            os.unlink(path)
-
-
 def _copy_streamed(job: _CopyJob, *, mysql: bool) -> int:
     """Stream the window with a server-side cursor, ``batch_size`` rows at a time, into
-    staging. On MySQL a writer thread sends multi-row INSERTs while the next batch is read
-    (the driver releases the GIL while the server works)."""
+    staging. On MySQL a ``BulkWriter`` thread sends multi-row INSERTs (``RowLiterals``)
+    while the next batch is read (the driver releases the GIL while the server works);
+    elsewhere ``bulk_execute``."""
     staging = schema.STAGING_TABLES[job.table_name]
     business = list(schema.BUSINESS_TABLES[job.table_name].columns)
     query = replica_select(job.table_name, job.lower, job.end)
-    writer = (
-        _MysqlWriter(job.out, staging, business, job.start, job.end, job.run_id) if mysql else None
-    )
-    if writer is not None:
+    if mysql:
         # Timestamps are only copied, so read them as text: no parse into datetime and
         # format back for every value (a third of the streamed path's time).
         inner = query.subquery()
@@ -599,166 +546,54 @@ def _copy_streamed(job: _CopyJob, *, mysql: bool) -> int:
                 for c in business
             ]
         )
-    columns = ["data_interval_start", "data_interval_end", "row_seq"]
-    columns += [c.name for c in business] + ["run_id"]
-    insert = sa.insert(staging)
-    written = 0
-    try:
-        with job.replica.connect() as source:
-            result = source.execution_options(
-                stream_results=True, yield_per=job.batch_size
-            ).execute(query)
-            for batch_no, batch in enumerate(result.partitions(job.batch_size), start=1):
-                if writer is not None:
-                    written += writer.send(written, batch)
-                else:
-                    rows = [
-                        (job.start, job.end, written + i, *row, job.run_id)
-                        for i, row in enumerate(batch)
-                    ]
-                    written += bulk_execute(job.out, insert, columns, rows)
-                if batch_no % 20 == 0:
-                    log.info("%s: %d rows staged so far", job.table_name, written)
-    finally:
-        if writer is not None:
-            writer.close()
+    with job.replica.connect() as source:
+        result = source.execution_options(stream_results=True, yield_per=job.batch_size).execute(
+            query
+        )
+        batches = result.partitions(job.batch_size)
+        if mysql:
+            return _insert_literals(job, staging, business, batches)
+        columns = ["data_interval_start", "data_interval_end", "row_seq"]
+        columns += [c.name for c in business] + ["run_id"]
+        insert = sa.insert(staging)
+        written = 0
+        for batch_no, batch in enumerate(batches, start=1):
+            rows = [
+                (job.start, job.end, written + i, *row, job.run_id) for i, row in enumerate(batch)
+            ]
+            written += bulk_execute(job.out, insert, columns, rows)
+            if batch_no % 20 == 0:
+                log.info("%s: %d rows staged so far", job.table_name, written)
     return written
 
 
-_TIMESTAMP = r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?"
-_TIMESTAMP_TEXT = re.compile(_TIMESTAMP)
-_TIMESTAMP_LINES = re.compile(rf"{_TIMESTAMP}(?:\n{_TIMESTAMP})*")
-
-
-def _timestamp_text(value: object) -> str:
-    """A timestamp as SQL literal text (no quotes), refusing anything that is not one."""
-    if isinstance(value, datetime):
-        return value.isoformat(" ")
-    text = str(value)
-    if not _TIMESTAMP_TEXT.fullmatch(text):
-        raise ValueError(f"not a timestamp: {text!r}")
-    return text
-
-
-class _MysqlWriter:
-    """Formats batches as multi-row INSERT literals and runs them on a background thread.
-
-    Values are rendered per column type: integers with ``int()``, datetimes as quoted ISO
-    text, everything else escaped for the session's SQL mode (see ``_escaper``). Only the
-    writer thread (``BackgroundCalls``) touches the connection once started; its errors are
-    re-raised by ``send``/``close``.
-    """
-
-    def __init__(
-        self,
-        out: sa.Connection,
-        staging: sa.Table,
-        business: list[sa.Column[Any]],
-        start: datetime,
-        end: datetime,
-        run_id: str,
-    ) -> None:
-
-        from tasks.core.db import MYSQL_MAX_STATEMENT_BYTES
-
-        self._dbapi = out.connection.dbapi_connection
-        self._escape = self._escaper(out)
-        self._max_bytes = MYSQL_MAX_STATEMENT_BYTES
-        names = ", ".join(
-            f"`{n}`"
-            for n in ["data_interval_start", "data_interval_end", "row_seq"]
-            + [c.name for c in business]
-            + ["run_id"]
+def _insert_literals(
+    job: _CopyJob,
+    staging: sa.Table,
+    business: list[sa.Column[Any]],
+    batches: Iterator[Sequence[Any]],
+) -> int:
+    """Multi-row INSERTs of ``batches`` into staging, each row labelled with the interval,
+    the run and its ``row_seq``; formatted here, sent by the writer thread."""
+    literals = RowLiterals(
+        [c.type for c in business], no_backslash_escapes=session_has_no_backslash_escapes(job.out)
+    )
+    lead = "".join(
+        literals.literal(value, column_type) + ","
+        for value, column_type in (
+            (job.start, sa.DateTime()),
+            (job.end, sa.DateTime()),
+            (job.run_id, sa.String()),
         )
-        self._head = f"INSERT INTO `{staging.name}` ({names}) VALUES "
-        self._prefix = f"('{start.isoformat(' ')}','{end.isoformat(' ')}',"
-        self._suffix = f",{self._text(run_id)})"
-        self._formats = [self._formatter(c.type) for c in business]
-        # Tables of integers and timestamps only: a row without NULLs renders as Python's
-        # tuple text, which is valid SQL here (ints, and timestamp text checked by
-        # _timestamp_text's pattern), and ~10x cheaper than formatting value by value.
-        self._tuple_text_ok = (
-            all(isinstance(c.type, (sa.Integer, sa.DateTime)) for c in business)
-            and len(business) > 1
-        )
-        self._timestamp_columns = [
-            i for i, c in enumerate(business) if isinstance(c.type, sa.DateTime)
-        ]
-        self._cursor = self._dbapi.cursor()
-        self._background = BackgroundCalls("staging-writer", depth=3)
-
-    def _text(self, value: object) -> str:
-        return "'" + self._escape(str(value)) + "'"
-
-    def _escaper(self, out: sa.Connection) -> Callable[[str], str]:
-        """String escaping for literals, decided once from the session's SQL mode.
-
-        Not the connection's ``escape_string``: the writer thread uses that connection
-        while this thread formats the next batch. utf8mb4 multi-byte characters never
-        contain ASCII bytes, so byte-wise escaping is charset-safe.
-        """
-        sql_mode = str(out.exec_driver_sql("SELECT @@SESSION.sql_mode").scalar() or "")
-        if "NO_BACKSLASH_ESCAPES" in sql_mode:
-            return lambda text: text.replace("'", "''")
-        from MySQLdb import _mysql
-
-        return lambda text: _mysql.escape_string(text.encode("utf-8")).decode("utf-8")
-
-    def _formatter(self, column_type: sa.types.TypeEngine[Any]) -> Callable[[Any], str]:
-        if isinstance(column_type, sa.Integer):
-            return lambda v: "NULL" if v is None else str(int(v))
-        if isinstance(column_type, sa.DateTime):
-            return lambda v: "NULL" if v is None else f"'{_timestamp_text(v)}'"
-        return lambda v: "NULL" if v is None else self._text(v)
-
-    def send(self, first_seq: int, batch: Any) -> int:
-        """Format one batch (rows numbered from ``first_seq``) and queue its statements."""
-        prefix, suffix = self._prefix, self._suffix
-        rows = [tuple(row) for row in batch]
-        if self._batch_is_plain(rows):
-            parts = [
-                f"{prefix}{seq},{str(row)[1:-1]}{suffix}"
-                for seq, row in enumerate(rows, start=first_seq)
-            ]
-        else:
-            formats = self._formats
-            parts = [
-                f"{prefix}{seq},{','.join([f(v) for f, v in zip(formats, row, strict=True)])}"
-                f"{suffix}"
-                for seq, row in enumerate(rows, start=first_seq)
-            ]
-        start, size = 0, 0
-        for index, part in enumerate(parts):
-            size += len(part) + 1
-            if size >= self._max_bytes:
-                self._execute(self._head + ",".join(parts[start : index + 1]))
-                start, size = index + 1, 0
-        if start < len(parts):
-            self._execute(self._head + ",".join(parts[start:]))
-        return len(rows)
-
-    def _batch_is_plain(self, rows: list[tuple[Any, ...]]) -> bool:
-        """True when every row can be rendered as tuple text: integer columns hold only
-        ints, timestamp columns only timestamp text (no NULLs: ``NoneType`` fails both);
-        checked column-wise with C-level map/regex calls."""
-        if not self._tuple_text_ok or not rows:
-            return False
-        for i in range(len(rows[0])):
-            column = list(map(itemgetter(i), rows))
-            if i in self._timestamp_columns:
-                if set(map(type, column)) != {str}:
-                    return False
-                if not _TIMESTAMP_LINES.fullmatch("\n".join(column)):
-                    return False
-            elif set(map(type, column)) != {int}:
-                return False
-        return True
-
-    def _execute(self, sql: str) -> None:
-        self._background.submit(lambda: self._cursor.execute(sql))
-
-    def close(self) -> None:
-        try:
-            self._background.close()
-        finally:
-            self._cursor.close()
+    )
+    names = ["data_interval_start", "data_interval_end", "run_id", "row_seq"]
+    names += [c.name for c in business]
+    head = f"INSERT INTO `{staging.name}` ({', '.join(f'`{n}`' for n in names)}) VALUES "
+    written = 0
+    with BulkWriter(job.out.connection.dbapi_connection, name="staging-writer", depth=3) as writer:
+        for batch_no, batch in enumerate(batches, start=1):
+            writer.insert(head, literals.render(batch, lead=lead, number_from=written))
+            written += len(batch)
+            if batch_no % 20 == 0:
+                log.info("%s: %d rows staged so far", job.table_name, written)
+    return written

@@ -15,7 +15,6 @@ delete-and-insert rewrites identical rows.
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,15 +25,17 @@ import sqlalchemy as sa
 
 from tasks.core import schema
 from tasks.core.common import StageResult, check_interval, get_logger
-from tasks.core.db import (
-    BackgroundCalls,
-    bulk_execute,
-    get_engine,
-    insert_ignore,
-    local_infile_enabled,
-    replace_into,
-)
+from tasks.core.db import get_engine, insert_ignore, replace_into
 from tasks.core.settings import Settings
+from tasks.data.bulk import (
+    BulkWriter,
+    LoadDataTarget,
+    bulk_execute,
+    load_data_field,
+    load_data_file,
+    local_infile_enabled,
+    sql_string,
+)
 
 log = get_logger("sampling")
 
@@ -196,7 +197,7 @@ def build_samples(
     start, end = check_interval(interval_start, interval_end)
     began = time.perf_counter()
     engine = get_engine(settings.recsys_db_url)
-    schema.create_recsys_schema(engine)
+    schema.ensure_recsys_schema(engine)
     mi, ill = schema.mirror_interactions, schema.mirror_illusts
     with engine.connect() as conn:
         positives = conn.execute(
@@ -332,8 +333,9 @@ def write_samples(
     On MySQL/MariaDB the multi-row statements are built here rather than by the driver:
     every value is an int from an int64 array, a source from ``SOURCE_LABELS`` or the
     interval's timestamps, so nothing needs escaping, and skipping mysqlclient's per-value
-    escaping is what makes this path fast (see bench/sampling.py). Elsewhere the rows go
-    through SQLAlchemy's executemany.
+    escaping is what makes this path fast (see bench/sampling.py); ``tasks.data.bulk``
+    runs them (and the LOAD DATA files) on its writer thread. Elsewhere the rows go through
+    ``bulk_execute`` (SQLAlchemy's executemany).
     """
     if chunk_rows <= 0:
         raise ValueError(f"chunk_rows must be positive, got {chunk_rows!r}")
@@ -382,28 +384,24 @@ def _mysql_write(
     chunk_rows: int,
 ) -> None:
     """Build the INSERT IGNORE statements, then the REPLACE ones, on this thread while a
-    background thread runs them on ``conn`` in order (so the REPLACEs still run after every
-    INSERT IGNORE); one statement running and one waiting at most (bounded memory)."""
-    cursor = conn.connection.cursor()
-    try:
-        with BackgroundCalls("samples-writer", depth=1) as writer:
-            for label, statement, rows in (
-                ("negatives", insert_ignore(schema.samples, conn.dialect.name), negatives),
-                ("positives", replace_into(schema.samples, conn.dialect.name), positives),
-            ):
-                head = str(
-                    statement.compile(dialect=conn.dialect, column_keys=list(SAMPLE_COLUMNS))
-                )
-                head = head[: head.index("VALUES")] + "VALUES "
-                for offset in range(0, len(rows), chunk_rows):
-                    sql = head + _mysql_values(
+    ``BulkWriter`` thread runs them on ``conn`` in order (so the REPLACEs still run after
+    every INSERT IGNORE); one statement running and one waiting at most (bounded memory)."""
+    with BulkWriter(conn.connection.dbapi_connection, name="samples-writer", depth=1) as writer:
+        for label, statement, rows in (
+            ("negatives", insert_ignore(schema.samples, conn.dialect.name), negatives),
+            ("positives", replace_into(schema.samples, conn.dialect.name), positives),
+        ):
+            head = str(statement.compile(dialect=conn.dialect, column_keys=list(SAMPLE_COLUMNS)))
+            head = head[: head.index("VALUES")] + "VALUES "
+            for offset in range(0, len(rows), chunk_rows):
+                writer.execute(
+                    head
+                    + _mysql_values(
                         rows, slice(offset, offset + chunk_rows), interval_start, interval_end
                     )
-                    writer.submit(functools.partial(cursor.execute, sql))
-                    if (offset // chunk_rows) % 25 == 24:
-                        log.info("%s: %d/%d rows sent", label, offset + chunk_rows, len(rows))
-    finally:
-        cursor.close()
+                )
+                if (offset // chunk_rows) % 25 == 24:
+                    log.info("%s: %d/%d rows sent", label, offset + chunk_rows, len(rows))
 
 
 def _mysql_load_data(
@@ -413,18 +411,28 @@ def _mysql_load_data(
     interval_start: datetime,
     interval_end: datetime,
 ) -> None:
-    """The two steps as LOAD DATA LOCAL INFILE (IGNORE, then REPLACE) from temp TSV files."""
+    """The two steps as LOAD DATA LOCAL INFILE (IGNORE, then REPLACE) from temp TSV files,
+    checked by ``tasks.data.bulk.load_data_file`` (every line read; IGNORE may only warn
+    about the duplicates it skipped)."""
     import tempfile
     from pathlib import Path
 
     stamp = "%Y-%m-%d %H:%M:%S"
     constant = f"{interval_start:{stamp}}\t{interval_end:{stamp}}\t{interval_end:{stamp}}\n"
-    tails = {src: f"\t{label}\t{src}\t{constant}" for src, label in SOURCE_LABELS.items()}
-    columns = ", ".join(SAMPLE_COLUMNS)
+    # every line of one source ends alike: escaped once per source, not per row
+    tails = {
+        src: f"\t{label}\t{load_data_field(src)}\t{constant}"
+        for src, label in SOURCE_LABELS.items()
+    }
+    dbapi = conn.connection.dbapi_connection
     with tempfile.TemporaryDirectory(prefix="samples-") as tmp:
-        for mode, rows in (("IGNORE", negatives), ("REPLACE", positives)):
+        steps: tuple[tuple[Literal["IGNORE", "REPLACE"], SampleRows], ...] = (
+            ("IGNORE", negatives),
+            ("REPLACE", positives),
+        )
+        for mode, rows in steps:
             path = Path(tmp) / f"{mode.lower()}.tsv"
-            with path.open("w", encoding="utf-8") as out:
+            with path.open("w", encoding="utf-8", newline="\n") as out:
                 out.writelines(
                     f"{int(u)}\t{int(i)}{tails[src]}"
                     for u, i, src in zip(
@@ -432,11 +440,8 @@ def _mysql_load_data(
                         strict=True,
                     )
                 )  # fmt: skip
-            # the path is ours (a temp dir), ints/whitelisted text inside: nothing to escape
-            conn.exec_driver_sql(
-                f"LOAD DATA LOCAL INFILE '{path.as_posix()}' {mode} INTO TABLE samples "
-                f"CHARACTER SET utf8mb4 FIELDS TERMINATED BY '\\t' ({columns})"
-            )
+            target = LoadDataTarget("samples", SAMPLE_COLUMNS, duplicates=mode)
+            load_data_file(dbapi, path.as_posix(), target, expected_rows=len(rows))
             log.info("LOAD DATA %s: %d rows from %s", mode, len(rows), path.name)
 
 
@@ -446,8 +451,10 @@ def _mysql_values(
     """The ``VALUES`` list of one chunk as SQL text (ints, whitelisted sources, timestamps)."""
     start_s = interval_start.strftime("'%Y-%m-%d %H:%M:%S'")
     end_s = interval_end.strftime("'%Y-%m-%d %H:%M:%S'")
+    # sources are whitelisted words: their literal is the same in every SQL mode
     tail = {
-        src: f",{label},'{src}',{start_s},{end_s},{end_s})" for src, label in SOURCE_LABELS.items()
+        src: f",{label},{sql_string(src)},{start_s},{end_s},{end_s})"
+        for src, label in SOURCE_LABELS.items()
     }
     return ",".join(
         f"({int(u)},{int(i)}{tail[src]}"

@@ -47,8 +47,9 @@ import sqlalchemy as sa
 
 from tasks.core import schema
 from tasks.core.common import StageResult, check_interval, get_logger
-from tasks.core.db import bulk_execute, get_engine, insert_ignore, replace_into
+from tasks.core.db import get_engine, insert_ignore, replace_into
 from tasks.core.settings import REPO_ROOT, Settings
+from tasks.data.bulk import bulk_execute
 
 log = get_logger("validate")
 
@@ -320,7 +321,7 @@ def validate_interval(
     launch = datetime.fromisoformat(settings.site_launch)
     parameters = {"site_launch": launch, "interval_end": end}
     engine = get_engine(settings.recsys_db_url)
-    schema.create_recsys_schema(engine)
+    schema.ensure_recsys_schema(engine)
 
     read: dict[str, int] = {}
     to_mirror: dict[str, int] = {}

@@ -8,7 +8,8 @@ layer shared by the item tower and the user's history pooling (padding 0 masked 
 Raw arrays produced here are exactly what the SavedModel signatures take (docs/CONTRACTS.md),
 so training, the in-process server and TF-Serving all see the same inputs. Bucket boundaries
 and vocabularies are fitted on training data only (:func:`fit_feature_stats`) and saved with
-the model.
+the model. The user ``history`` input is built in one place, :class:`BookmarkHistory`, for
+training, vector refresh, the pyfunc and the API's user-tower fallback.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ import pandas as pd
 import sqlalchemy as sa
 
 from tasks.core.common import get_logger, to_naive_utc
+from tasks.model.constants import HISTORY_LEN as HISTORY_LEN  # re-exported
 
 log = get_logger("features")
 
-HISTORY_LEN = 20
 TAG_SEPARATOR = "|"
 PRIOR_BOUNDARIES: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0, 10000.0)
 
@@ -240,6 +241,106 @@ def item_features_from_frame(illusts_df: pd.DataFrame) -> dict[str, np.ndarray]:
     return {name: out[name] for name in ITEM_FEATURES}
 
 
+# ---------------------------------------------------------------- user history: the one builder
+
+
+@dataclass
+class BookmarkHistory:
+    """The ``history`` input, built here only: each user's bookmarked illust_ids before a time,
+    newest first, 0-padded to a length H (docs/CONTRACTS.md, ``user_tower``).
+
+    Point in time: times are whole seconds (the DATETIME resolution); a history as of ``t``
+    holds bookmarks of seconds strictly before ``t``'s second, so a target never sees itself
+    nor anything bookmarked in the same second. Ties on equal ``create_time`` put the larger
+    illust_id first. Lookups are vectorised through one sorted key ``user_row * span + second``.
+    Already-cut id lists (the KV ``hist`` value, the pyfunc's ``"12|7|3"`` column) are laid out
+    the same way by :meth:`pad`.
+    """
+
+    user_ids: np.ndarray
+    offsets: np.ndarray
+    seconds: np.ndarray
+    items: np.ndarray
+    keys: np.ndarray
+    base: int
+    span: int
+
+    @classmethod
+    def from_frame(cls, bookmarks: pd.DataFrame) -> BookmarkHistory:
+        """From rows (user_id, illust_id, create_time[, label]); rows whose label is not 1
+        (views) are dropped."""
+        if "label" in bookmarks.columns:
+            bookmarks = bookmarks[bookmarks["label"] == 1]
+        frame = bookmarks.sort_values(["user_id", "create_time", "illust_id"], kind="mergesort")
+        users = frame["user_id"].to_numpy(np.int64)
+        user_ids, starts, counts = np.unique(users, return_index=True, return_counts=True)
+        seconds = (
+            pd.to_datetime(frame["create_time"]).to_numpy().astype("datetime64[s]").astype(np.int64)
+            if len(frame)
+            else np.zeros(0, np.int64)
+        )
+        base = int(seconds.min()) if len(seconds) else 0
+        span = int(seconds.max()) - base + 2 if len(seconds) else 1
+        if len(user_ids) * span >= 2**62:
+            raise ValueError(f"history key overflow: {len(user_ids)} users x {span} s")
+        rows = np.repeat(np.arange(len(user_ids), dtype=np.int64), counts)
+        return cls(
+            user_ids=user_ids,
+            offsets=np.append(starts, len(users)).astype(np.int64),
+            seconds=seconds,
+            items=frame["illust_id"].to_numpy(np.int64),
+            keys=rows * span + (seconds - base),
+            base=base,
+            span=span,
+        )
+
+    def histories(self, user_ids: np.ndarray, as_of: np.ndarray, length: int) -> np.ndarray:
+        """int64[B, length]: bookmarks strictly before ``as_of`` (datetime64 or epoch µs),
+        newest first, 0-padded."""
+        user_ids = np.asarray(user_ids, dtype=np.int64)
+        out = np.zeros((len(user_ids), length), dtype=np.int64)
+        if not len(self.user_ids) or not len(user_ids):
+            return out
+        as_of = np.asarray(as_of)
+        if np.issubdtype(as_of.dtype, np.datetime64):
+            as_of_s = as_of.astype("datetime64[s]").astype(np.int64)
+        else:
+            as_of_s = np.floor_divide(as_of.astype(np.int64), 1_000_000)
+        rows = np.clip(np.searchsorted(self.user_ids, user_ids), 0, len(self.user_ids) - 1)
+        known = self.user_ids[rows] == user_ids
+        offset = np.clip(as_of_s - self.base, 0, self.span - 1)
+        cut = np.searchsorted(self.keys, rows * self.span + offset, side="left")
+        lo = self.offsets[rows]
+        index = cut[:, None] - 1 - np.arange(length)[None, :]
+        valid = known[:, None] & (index >= lo[:, None])
+        out[valid] = self.items[index[valid]]
+        return out
+
+    def latest(self, user_ids: np.ndarray, length: int) -> np.ndarray:
+        """int64[B, length]: every user's most recent bookmarks (no time cut)."""
+        as_of = np.full(len(np.asarray(user_ids)), np.iinfo(np.int64).max)
+        return self.histories(user_ids, as_of, length)
+
+    @staticmethod
+    def pad(values: Any, length: int) -> np.ndarray:
+        """Already-cut newest-first histories (int lists, or ``"12|7|3"`` strings) ->
+        int64[B, length], truncated to the newest ``length`` and 0-padded."""
+        out = np.zeros((len(values), length), dtype=np.int64)
+        for row, value in enumerate(values):
+            if isinstance(value, str):
+                ids = [int(v) for v in value.split("|") if v.strip()]
+            else:
+                ids = [int(v) for v in (value if value is not None else [])]
+            ids = ids[:length]
+            out[row, : len(ids)] = ids
+        return out
+
+
+def _as_of_second(as_of: datetime | str) -> datetime:
+    """``as_of`` as naive UTC, floored to the second (the history cut's resolution)."""
+    return pd.Timestamp(to_naive_utc(as_of)).floor("s").to_pydatetime()
+
+
 def user_features_from_frames(
     user_ids: Sequence[int] | np.ndarray,
     interactions_df: pd.DataFrame,
@@ -249,8 +350,8 @@ def user_features_from_frames(
 ) -> dict[str, np.ndarray]:
     """Raw ``user_tower`` inputs: each user's bookmarked illust_ids before ``as_of``.
 
-    History is newest first (ties broken by larger illust_id first, i.e. the reverse of the
-    evaluation order), padded with 0. ``as_of`` is exclusive so a target never sees itself.
+    Built by :class:`BookmarkHistory` (newest first, ties: larger illust_id first, 0-padded;
+    ``as_of`` exclusive at whole-second resolution, so a target never sees itself).
     """
     if history_len < 1:
         raise ValueError(f"history_len must be >= 1, got {history_len}")
@@ -258,21 +359,11 @@ def user_features_from_frames(
     if missing:
         raise FeatureConfigError(f"interactions frame lacks columns {sorted(missing)}")
     ids = np.asarray(user_ids, dtype=np.int64)
-    positives = interactions_df[interactions_df["label"] == 1]
-    if as_of is not None:
-        positives = positives[positives["create_time"] < pd.Timestamp(to_naive_utc(as_of))]
-    positives = positives.sort_values(
-        ["user_id", "create_time", "illust_id"], ascending=[True, False, False], kind="mergesort"
-    )
-    history = np.zeros((len(ids), history_len), dtype=np.int64)
-    row_of = {int(u): i for i, u in enumerate(ids)}
-    for user, group in positives.groupby("user_id", sort=False):
-        row = row_of.get(int(user))
-        if row is None:
-            continue
-        recent = group["illust_id"].to_numpy()[:history_len]
-        history[row, : len(recent)] = recent
-    return {"user_id": ids, "history": history}
+    history = BookmarkHistory.from_frame(interactions_df)
+    if as_of is None:
+        return {"user_id": ids, "history": history.latest(ids, history_len)}
+    cut = np.full(len(ids), np.datetime64(_as_of_second(as_of), "s"))
+    return {"user_id": ids, "history": history.histories(ids, cut, history_len)}
 
 
 def load_item_features(engine: sa.Engine) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -298,15 +389,15 @@ def load_user_features(
         mirror_interactions.c.label,
         mirror_interactions.c.create_time,
     ).where(mirror_interactions.c.label == 1)
-    if as_of is not None:
-        query = query.where(mirror_interactions.c.create_time < to_naive_utc(as_of))
+    if as_of is not None:  # read less; the cut itself is BookmarkHistory's
+        query = query.where(mirror_interactions.c.create_time < _as_of_second(as_of))
     with engine.connect() as conn:
         users = pd.read_sql(sa.select(mirror_users.c.user_id), conn)
         interactions = pd.read_sql(query, conn)
     ids = np.union1d(
         users["user_id"].to_numpy(np.int64), interactions["user_id"].to_numpy(np.int64)
     )
-    features = user_features_from_frames(ids, interactions, history_len=history_len)
+    features = user_features_from_frames(ids, interactions, as_of=as_of, history_len=history_len)
     log.info(
         "loaded user features for %d users from %d bookmarks (as_of=%s)",
         len(ids),

@@ -14,20 +14,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.model.features import ITEM_FEATURES
+from tasks.model.features import ITEM_FEATURES, BookmarkHistory
 
-
-def history_matrix(values: Any, history_len: int) -> np.ndarray:
-    """``"12|7|3"`` strings (or int lists) -> int64[B, history_len], 0-padded."""
-    out = np.zeros((len(values), history_len), dtype=np.int64)
-    for row, value in enumerate(values):
-        if isinstance(value, str):
-            ids = [int(v) for v in value.split("|") if v.strip()]
-        else:
-            ids = [int(v) for v in (value if value is not None else [])]
-        ids = ids[:history_len]
-        out[row, : len(ids)] = ids
-    return out
+# The pyfunc's ``history`` column is an already-cut newest-first list; BookmarkHistory lays it
+# out. Kept under this name: logged models refer to it by module path.
+history_matrix = BookmarkHistory.pad
 
 
 def example_frame(items: Mapping[str, np.ndarray], *, history_len: int) -> pd.DataFrame:

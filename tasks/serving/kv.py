@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import urlparse
+
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
 from tasks.core.common import get_logger
 from tasks.core.settings import Settings
@@ -33,6 +34,17 @@ Value = bytes | str
 
 class KVError(RuntimeError):
     """The KV backend could not be reached or failed a command."""
+
+
+def sqlite_is_busy(exc: BaseException) -> bool:
+    """True for SQLite's "database is locked" family (SQLITE_BUSY/SQLITE_LOCKED, any
+    extended code): another connection holds the lock, so trying again can succeed."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (
+        isinstance(exc, sqlite3.OperationalError)
+        and code is not None
+        and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    )
 
 
 def _to_bytes(value: Value) -> bytes:
@@ -168,10 +180,11 @@ class FileKV:
         with self._lock:
             self._init_schema()
 
-    def _init_schema(self, attempts: int = 200) -> None:
+    def _init_schema(self, attempts: int = 200, wait_s: float = 0.05) -> None:
         """WAL mode and tables. Switching to WAL takes an exclusive lock and SQLite reports
-        "database is locked" at once (no busy wait) when another process opens the same
-        file at that moment, so retry for a bounded time."""
+        "database is locked" (SQLITE_BUSY) at once (no busy wait) when another process opens
+        the same file at that moment, so retry for a bounded time; any other error, or the
+        last busy one after ``attempts`` tries, is raised."""
         statements = (
             "PRAGMA journal_mode=WAL",
             "PRAGMA synchronous=NORMAL",
@@ -180,15 +193,15 @@ class FileKV:
             " score REAL NOT NULL, PRIMARY KEY (key, member))",
             "CREATE INDEX IF NOT EXISTS ix_zset_score ON zset (key, score)",
         )
-        for attempt in range(attempts):
-            try:
+        for attempt in Retrying(
+            retry=retry_if_exception(sqlite_is_busy),
+            stop=stop_after_attempt(attempts),
+            wait=wait_fixed(wait_s),
+            reraise=True,
+        ):
+            with attempt:
                 for sql in statements:
                     self._conn.execute(sql)
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt == attempts - 1:
-                    raise
-                time.sleep(0.05)
 
     def _write(self, sql_rows: Iterable[tuple[str, Iterable[tuple]]]) -> int:
         """Run statements in one transaction; returns the total affected row count."""

@@ -6,13 +6,13 @@ refresh has finished) with the user's vector from that namespace, drop what they
 best ``n`` as the sorted set ``<namespace>:topn:<uid>`` (member = illust_id, score = the
 two-tower logit u.i, the inner product the index ranks by). ``<namespace>:topn_meta`` records
 the data time the lists describe (the namespace's ``data_as_of``, never now()), which the
-API compares with the namespace's own data time to decide whether the lists are fresh.
+API compares with the namespace's own data time to decide whether the lists are fresh
+(``tasks.serving.namespace.topn_is_fresh``; the keys are spelled there too).
 Runs on its own schedule (its own DAG) after ``refresh_vectors``.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -22,6 +22,14 @@ import sqlalchemy as sa
 from tasks.core.common import StageResult, get_logger
 from tasks.core.settings import Settings
 from tasks.serving.kv import open_kv
+from tasks.serving.namespace import (
+    current_namespace,
+    namespace_meta,
+    seen_key,
+    topn_key,
+    user_vec_key,
+    write_topn_meta,
+)
 
 log = get_logger("precompute")
 
@@ -37,14 +45,6 @@ class PrecomputeResult(StageResult):
     n_users: int
     n: int
     data_as_of: datetime
-
-
-def topn_key(namespace: str, user_id: int) -> str:
-    return f"{namespace}:topn:{user_id}"
-
-
-def topn_meta_key(namespace: str) -> str:
-    return f"{namespace}:topn_meta"
 
 
 def active_user_ids(engine: sa.Engine, as_of: datetime, active_days: float) -> list[int]:
@@ -68,13 +68,7 @@ def precompute_topn(
     """Write ``<ns>:topn:<uid>`` sorted sets for active users under the live namespace."""
     from tasks.core.db import get_engine
     from tasks.serving.recall import decode_ids, decode_vector
-    from tasks.serving.vectors import (
-        ITEMS_ALIAS,
-        RefreshError,
-        current_namespace,
-        namespace_meta,
-        open_milvus,
-    )
+    from tasks.serving.vectors import ITEMS_ALIAS, RefreshError, open_milvus
 
     if not 1 <= n <= MAX_TOPK:
         raise ValueError(f"n must be in [1, {MAX_TOPK}], got {n}")
@@ -96,8 +90,8 @@ def precompute_topn(
         for b, start in enumerate(range(0, len(users), batch_size), start=1):
             batch = users[start : start + batch_size]
             raw = kv.mget(
-                [f"{namespace}:user_vec:{u}" for u in batch]
-                + [f"{namespace}:seen:{u}" for u in batch]
+                [user_vec_key(namespace, u) for u in batch]
+                + [seen_key(namespace, u) for u in batch]
             )
             vectors = [decode_vector(r) for r in raw[: len(batch)]]
             seen = [set(decode_ids(r)) for r in raw[len(batch) :]]
@@ -122,10 +116,7 @@ def precompute_topn(
             written += len(sets)
             if b % 10 == 0 or b == n_batches:
                 log.info("precomputed top-%d for %d/%d active users", n, written, len(users))
-        kv.set(
-            topn_meta_key(namespace),
-            json.dumps({"data_as_of": as_of.isoformat(), "n": n, "n_users": written}),
-        )
+        write_topn_meta(kv, namespace, as_of=as_of, n=n, n_users=written)
     finally:
         client.close()
         kv.close()

@@ -9,19 +9,26 @@ Follows TF-Serving's documented REST API:
   drops its name and ``outputs`` is the bare value; ``predict`` restores the name.
 
 Same ``predict(signature, inputs)`` interface as ``tasks.serving.local_model.LocalModel``. Standard
-library only (urllib), so it runs wherever the tasks do.
+library HTTP (urllib) plus tenacity for the status poll, so it runs wherever the tasks do.
 """
 
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn, cast
 
 import numpy as np
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    retry_if_result,
+    stop_after_delay,
+    wait_fixed,
+)
 
 from tasks.core.common import get_logger
 
@@ -36,7 +43,33 @@ SINGLE_OUTPUT_NAMES: dict[str, str] = {
 
 
 class TFServingError(RuntimeError):
-    """TF-Serving answered with an error or could not be reached."""
+    """TF-Serving answered with an error or could not be reached.
+
+    ``http_status`` is the HTTP status of an error answer (None when there was no answer).
+    """
+
+    def __init__(self, message: str, *, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
+class ModelVersionEndedError(TFServingError):
+    """A version reached state ``END`` (its load failed, or it was unloaded): waiting for it
+    to become AVAILABLE cannot succeed. ``entry`` is its ``model_version_status`` entry."""
+
+    def __init__(self, message: str, *, entry: Mapping[str, Any]) -> None:
+        super().__init__(message)
+        self.entry = dict(entry)
+
+
+def _worth_polling_again(exc: BaseException) -> bool:
+    """Transport and HTTP errors (version not listed yet, server starting) are transient;
+    an ended version is final, and anything that is not a ``TFServingError`` is a bug."""
+    return isinstance(exc, TFServingError) and not isinstance(exc, ModelVersionEndedError)
+
+
+def _not_available(entry: Mapping[str, Any] | None) -> bool:
+    return entry is None or entry.get("state") != "AVAILABLE"
 
 
 class TFServingClient:
@@ -69,7 +102,7 @@ class TFServingClient:
                 return json.loads(resp.read().decode("utf-8"))
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")[:500]
-            raise TFServingError(f"{url}: HTTP {exc.code}: {detail}") from exc
+            raise TFServingError(f"{url}: HTTP {exc.code}: {detail}", http_status=exc.code) from exc
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
             raise TFServingError(f"{url}: {exc}") from exc
 
@@ -80,32 +113,48 @@ class TFServingClient:
     def wait_available(
         self, version: int, *, timeout_s: float = 60.0, poll_s: float = 0.5
     ) -> dict[str, Any]:
-        """Poll the status endpoint until ``version`` is AVAILABLE; raise on END or timeout."""
-        deadline = time.monotonic() + timeout_s
+        """Poll the status endpoint until ``version`` is AVAILABLE; raise on END or timeout.
+
+        Decided on the status entry's ``state``: AVAILABLE returns the entry, END raises
+        ``ModelVersionEndedError`` at once; not listed yet, any other state or a failed
+        request (``TFServingError``) is polled again every ``poll_s`` until ``timeout_s``,
+        then ``TFServingError`` names the last state or error seen.
+        """
         last = "no answer yet"
-        while True:
+
+        def poll() -> dict[str, Any] | None:
+            nonlocal last
             try:
-                for entry in self.version_status(version):
-                    if str(entry.get("version")) != str(version):
-                        continue
-                    state = entry.get("state")
-                    last = f"state {state} {entry.get('status', {})}"
-                    if state == "AVAILABLE":
-                        log.info("TF-Serving %s version %s AVAILABLE", self.model_name, version)
-                        return entry
-                    if state == "END":
-                        raise TFServingError(
-                            f"{self.model_name} version {version} ended: {entry.get('status')}"
-                        )
+                entries = self.version_status(version)
             except TFServingError as exc:
-                if "ended:" in str(exc):
-                    raise
                 last = str(exc)
-            if time.monotonic() >= deadline:
-                raise TFServingError(
-                    f"{self.model_name} version {version} not AVAILABLE after {timeout_s}s ({last})"
+                raise
+            entry = next((e for e in entries if str(e.get("version")) == str(version)), None)
+            if entry is None:
+                return None
+            state = entry.get("state")
+            last = f"state {state} {entry.get('status', {})}"
+            if state == "END":
+                raise ModelVersionEndedError(
+                    f"{self.model_name} version {version} ended: {entry.get('status')}",
+                    entry=entry,
                 )
-            time.sleep(poll_s)
+            return entry
+
+        def give_up(_state: RetryCallState) -> NoReturn:
+            raise TFServingError(
+                f"{self.model_name} version {version} not AVAILABLE after {timeout_s}s ({last})"
+            )
+
+        retrying = Retrying(
+            retry=retry_if_exception(_worth_polling_again) | retry_if_result(_not_available),
+            stop=stop_after_delay(timeout_s),
+            wait=wait_fixed(poll_s),
+            retry_error_callback=give_up,
+        )
+        entry = cast(dict[str, Any], retrying(poll))  # only an AVAILABLE entry stops the loop
+        log.info("TF-Serving %s version %s AVAILABLE", self.model_name, version)
+        return entry
 
     def predict(self, signature: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``:predict`` with the columnar format; returns output name -> array."""

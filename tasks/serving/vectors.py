@@ -11,7 +11,8 @@ check it, then move one pointer.
   dropped afterwards, never the alias target.
 * KV: everything under the namespace ``v<version>_<as_of>:`` (``user_vec:<uid>``,
   ``hist:<uid>``, ``seen:<uid>``, ``follow_new:<uid>``, ``i2i:<iid>``, ``hot``, ``meta``), then
-  the pointer ``recsys:current`` is switched to it. Readers resolve the pointer first.
+  the pointer ``recsys:current`` is switched to it. Readers resolve the pointer first. Every
+  key, the pointer and the meta are spelled in ``tasks.serving.namespace``.
 
 The KV pointer is the one switch the online readers (API, precompute) follow: the namespace's
 ``meta`` names the collection it was built with, and they search that collection, not the
@@ -26,7 +27,6 @@ new data with an unchanged champion gets a fresh copy instead of rewriting the l
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,13 +38,25 @@ import numpy as np
 
 from tasks.core.common import StageResult, get_logger
 from tasks.core.settings import Settings
-from tasks.serving.kv import KVStore, open_kv
+from tasks.serving.kv import open_kv
+from tasks.serving.namespace import (
+    clear_namespace,
+    current_namespace,
+    follow_new_key,
+    hist_key,
+    hot_key,
+    i2i_key,
+    prune_namespaces,
+    refresh_tag,
+    seen_key,
+    switch_namespace,
+    user_vec_key,
+    write_meta,
+)
 
 log = get_logger("vectors")
 
 ITEMS_ALIAS = "items"
-POINTER_KEY = "recsys:current"
-NAMESPACES_KEY = "recsys:namespaces"
 _COLLECTION_RE = re.compile(r"^items_v(\d+)_(\d{14})$")
 
 
@@ -69,12 +81,8 @@ class RefreshResult(StageResult):
 
 
 # -- naming ------------------------------------------------------------------------------
-def refresh_tag(version: int, as_of: datetime) -> str:
-    """``v<version>_<YYYYmmddHHMMSS>``: the KV namespace; the collection is ``items_<tag>``."""
-    return f"v{int(version)}_{as_of:%Y%m%d%H%M%S}"
-
-
 def collection_name(version: int, as_of: datetime) -> str:
+    """``items_<refresh_tag>``: the Milvus collection built with the KV namespace of that tag."""
     return f"items_{refresh_tag(version, as_of)}"
 
 
@@ -250,45 +258,6 @@ def prune_collections(client: Any, keep_last: int, alias: str = ITEMS_ALIAS) -> 
     return dropped
 
 
-# -- KV ----------------------------------------------------------------------------------
-def current_namespace(kv: KVStore) -> str | None:
-    """The live namespace (``recsys:current``), or None before the first refresh."""
-    raw = kv.get(POINTER_KEY)
-    return raw.decode() if raw else None
-
-
-def namespace_meta(kv: KVStore, namespace: str) -> dict[str, Any] | None:
-    raw = kv.get(f"{namespace}:meta")
-    return json.loads(raw) if raw else None
-
-
-def switch_namespace(kv: KVStore, namespace: str, order: float) -> None:
-    """Register ``namespace`` and point ``recsys:current`` at it (one key write)."""
-    kv.zadd(NAMESPACES_KEY, {namespace: order})
-    kv.set(POINTER_KEY, namespace)
-    log.info("KV pointer %s -> %s", POINTER_KEY, namespace)
-
-
-def prune_namespaces(kv: KVStore, keep_last: int) -> tuple[str, ...]:
-    """Delete namespaces beyond the newest ``keep_last`` (never the current one)."""
-    current = current_namespace(kv)
-    registered = [m for m, _ in kv.zrevrange(NAMESPACES_KEY, 0, -1)]
-    dropped = tuple(ns for ns in registered[keep_last:] if ns != current)
-    for ns in dropped:
-        removed = kv.delete_prefix(f"{ns}:")
-        log.info("deleted old KV namespace %s (%d keys)", ns, removed)
-    if dropped:
-        _forget_namespaces(kv, dropped)
-    return dropped
-
-
-def _forget_namespaces(kv: KVStore, dropped: tuple[str, ...]) -> None:
-    remaining = {m: s for m, s in kv.zrevrange(NAMESPACES_KEY, 0, -1) if m not in dropped}
-    kv.delete(NAMESPACES_KEY)
-    if remaining:
-        kv.zadd(NAMESPACES_KEY, remaining)
-
-
 def _embed(
     model: Any, signature: str, features: Mapping[str, np.ndarray], batch_size: int
 ) -> np.ndarray:
@@ -358,17 +327,17 @@ def build_kv_payload(
 
     payload: dict[str, bytes] = {}
     for uid, vec, hist in zip(user_ids.tolist(), user_vectors, histories, strict=True):
-        payload[f"{namespace}:user_vec:{uid}"] = encode_vector(vec)
+        payload[user_vec_key(namespace, uid)] = encode_vector(vec)
         recent = hist[hist > 0]
         if len(recent):
-            payload[f"{namespace}:hist:{uid}"] = encode_ids(recent)
+            payload[hist_key(namespace, uid)] = encode_ids(recent)
     for uid, items in seen_items(frames.interactions).items():
-        payload[f"{namespace}:seen:{uid}"] = encode_ids(items)
+        payload[seen_key(namespace, uid)] = encode_ids(items)
     for uid, items in follow_new_items(frames.follows, frames.illusts, as_of=as_of).items():
-        payload[f"{namespace}:follow_new:{uid}"] = encode_ids(items)
+        payload[follow_new_key(namespace, uid)] = encode_ids(items)
     for iid, pairs in item_cf_neighbors(frames.interactions).items():
-        payload[f"{namespace}:i2i:{iid}"] = encode_scored(pairs)
-    payload[f"{namespace}:hot"] = encode_scored(
+        payload[i2i_key(namespace, iid)] = encode_scored(pairs)
+    payload[hot_key(namespace)] = encode_scored(
         hot_items(frames.interactions, frames.illusts, as_of=as_of, n=hot_n)
     )
     return payload
@@ -441,7 +410,7 @@ def refresh_vectors(
         kv = open_kv(settings)
         try:
             if current_namespace(kv) != tag:
-                kv.delete_prefix(f"{tag}:")  # a failed earlier attempt's partial copy
+                clear_namespace(kv, tag)  # a failed earlier attempt's partial copy
             payload = build_kv_payload(
                 tag,
                 user_ids=user_ids,
@@ -459,7 +428,7 @@ def refresh_vectors(
                 "n_users": len(user_ids),
                 "dim": dim,
             }
-            kv.set(f"{tag}:meta", json.dumps(meta))
+            write_meta(kv, tag, meta)
             log.info("wrote %d keys under KV namespace %s", len(payload) + 1, tag)
             # Both copies are complete and checked: alias first, then the KV pointer, the
             # switch online readers follow (they search the collection its meta names).

@@ -17,9 +17,9 @@ def write_mirror_frames(engine: Any, frames: Any) -> dict[str, int]:
     """
     import sqlalchemy as sa
 
-    from tasks.core.schema import MIRROR_TABLES, create_recsys_schema
+    from tasks.core.schema import MIRROR_TABLES, ensure_recsys_schema
 
-    create_recsys_schema(engine)
+    ensure_recsys_schema(engine)
     counts: dict[str, int] = {}
     with engine.begin() as conn:
         for name, table in MIRROR_TABLES.items():

@@ -16,7 +16,8 @@ from tasks.core.settings import Settings, load_settings
 from tasks.data.sources.generate import GeneratorConfig, generate_frames
 from tasks.serving.deploy import deploy_saved_model
 from tasks.serving.kv import RedisKV, open_kv
-from tasks.serving.precompute import precompute_topn, topn_key
+from tasks.serving.namespace import topn_key
+from tasks.serving.precompute import precompute_topn
 from tasks.serving.recall import decode_ids, decode_scored
 from tasks.serving.vectors import refresh_vectors
 from tests.doubles.fixture_model import HashModelSpec, export_hash_two_tower

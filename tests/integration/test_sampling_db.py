@@ -21,7 +21,7 @@ def recsys_settings(request, settings):  # type: ignore[no-untyped-def]
         url = request.getfixturevalue("mariadb_database")
         settings = settings.replace(recsys_db_url=url)
     engine = get_engine(settings.recsys_db_url)
-    schema.create_recsys_schema(engine)
+    schema.ensure_recsys_schema(engine)
     illusts = [
         {"illust_id": i, "artist_id": 1, "create_time": DAY0 - timedelta(days=1)}
         for i in range(1, 21)
@@ -112,7 +112,7 @@ def test_insert_and_load_data_paths_write_the_same_rows(mariadb_database, settin
     assert "local_infile=1" in mariadb_database
     s = settings.replace(recsys_db_url=mariadb_database)
     engine = get_engine(s.recsys_db_url)
-    schema.create_recsys_schema(engine)
+    schema.ensure_recsys_schema(engine)
     with engine.begin() as conn:
         conn.execute(
             sa.insert(schema.mirror_illusts),

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from tasks.core.db import get_engine
 from tasks.core.schema import (
-    create_recsys_schema,
+    ensure_recsys_schema,
     mirror_illusts,
     mirror_interactions,
     mirror_users,
@@ -36,7 +36,7 @@ def seed_recsys_db(
     """Tiny mirror + samples: each user bookmarks items of 'their' cluster (id % 4)."""
     rng = np.random.default_rng(seed)
     engine = get_engine(url)
-    create_recsys_schema(engine)
+    ensure_recsys_schema(engine)
     tag_names = ["cat", "dog", "sky", "sea"]
     illusts = [
         {
@@ -102,7 +102,16 @@ def seed_recsys_db(
     return {"samples": len(sample_rows), "interactions": len(interactions)}
 
 
-TINY = dict(epochs=2, batch_size=32, dim=8, hidden=8, hash_bins=64, history_len=6, chunk_rows=64)
+TINY = dict(
+    loss="pointwise",
+    epochs=2,
+    batch_size=32,
+    dim=8,
+    hidden=8,
+    hash_bins=64,
+    history_len=6,
+    chunk_rows=64,
+)
 
 
 def _registered_versions(settings) -> list:  # type: ignore[no-untyped-def]
@@ -150,7 +159,7 @@ def test_inbatch_softmax_trains_on_positives_only_sqlite(settings) -> None:  # t
     from tasks.model.training.stage import TrainParams, train_two_tower
 
     seed_recsys_db(settings.recsys_db_url)
-    params = TrainParams(**{**TINY, "epochs": 1}, loss="inbatch_softmax")
+    params = TrainParams(**{**TINY, "epochs": 1, "loss": "inbatch_softmax"})
     result = train_two_tower(settings, START, END, params=params)
     assert result.n_train + result.n_val == 150 - 30
     assert set(result.metrics) == {"HR@10", "NDCG@10", "HR@20", "NDCG@20"}

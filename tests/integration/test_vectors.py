@@ -13,13 +13,12 @@ from tasks.serving import vectors as vectors_mod
 from tasks.serving.deploy import deploy_saved_model
 from tasks.serving.kv import open_kv
 from tasks.serving.local_model import LocalModel
+from tasks.serving.namespace import current_namespace, namespace_meta
 from tasks.serving.recall import decode_ids, decode_scored, decode_vector
 from tasks.serving.vectors import (
     ITEMS_ALIAS,
     RefreshError,
     alias_target,
-    current_namespace,
-    namespace_meta,
     open_milvus,
     refresh_vectors,
 )

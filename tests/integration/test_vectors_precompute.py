@@ -13,7 +13,8 @@ from tasks.model.features import item_features_from_frame
 from tasks.serving.deploy import deploy_saved_model
 from tasks.serving.kv import open_kv
 from tasks.serving.local_model import LocalModel
-from tasks.serving.precompute import precompute_topn, topn_key, topn_meta_key
+from tasks.serving.namespace import topn_key, topn_meta_key
+from tasks.serving.precompute import precompute_topn
 from tasks.serving.recall import decode_vector
 from tasks.serving.vectors import RefreshError, refresh_vectors
 from tests.doubles.fixture_model import HashModelSpec, export_hash_two_tower

@@ -1,4 +1,4 @@
-"""tasks.core.db.BackgroundCalls: the ordered writer thread extraction and sampling share."""
+"""tasks.data.bulk.BackgroundCalls: the ordered writer thread extraction and sampling share."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tasks.core.db import BackgroundCalls
+from tasks.data.bulk import BackgroundCalls
 
 
 def test_calls_run_in_order_on_one_other_thread() -> None:

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from tasks.core.db import local_infile_enabled
+from tasks.data.bulk import local_infile_enabled
 from tasks.data.extract import (
     ReplicaLagError,
     copy_method,

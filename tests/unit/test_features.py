@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from tasks.model.features import (
+    BookmarkHistory,
     FeatureConfigError,
     FeatureSpec,
     config_from_json,
@@ -20,7 +21,6 @@ from tasks.model.features import (
     user_features_from_frames,
     validate_feature_config,
 )
-from tasks.model.training.stage import BookmarkHistory
 
 
 def _illusts() -> pd.DataFrame:
@@ -100,6 +100,34 @@ def test_bookmark_history_cut_excludes_target_and_same_second() -> None:
     )
     out = history.histories(np.array([1, 1, 3]), as_of, 4)
     assert out.tolist() == [[5, 0, 0, 0], [7, 6, 5, 0], [0, 0, 0, 0]]
+
+
+def test_user_features_cut_like_training() -> None:
+    """Refresh's builder uses training's cut: as of 00:00:10.5 the bookmark at 00:00:10 is out
+    (same second), 4 and 5 at 00:00:05 tie and the larger id comes first -> [5, 4, 3, 0]."""
+    base = pd.Timestamp("2024-01-01")
+    interactions = pd.DataFrame(
+        {
+            "user_id": [1, 1, 1, 1],
+            "illust_id": [3, 4, 5, 9],
+            "label": [1, 1, 1, 1],
+            "create_time": [base + pd.Timedelta(seconds=s) for s in (0, 5, 5, 10)],
+        }
+    )
+    as_of = base + pd.Timedelta(seconds=10.5)
+    out = user_features_from_frames([1], interactions, as_of=as_of, history_len=4)
+    assert out["history"].tolist() == [[5, 4, 3, 0]]
+    training = BookmarkHistory.from_frame(interactions).histories(
+        np.array([1]), np.array([as_of], dtype="datetime64[us]"), 4
+    )
+    np.testing.assert_array_equal(out["history"], training)
+
+
+def test_pad_lays_out_already_cut_histories() -> None:
+    """KV lists and pyfunc strings: newest first, truncated to H, 0-padded."""
+    out = BookmarkHistory.pad(["12|7|3", [4], None, ""], 2)
+    assert out.dtype == np.int64
+    assert out.tolist() == [[12, 7], [4, 0], [0, 0], [0, 0]]
 
 
 def test_fit_stats_equal_frequency_and_vocabularies() -> None:

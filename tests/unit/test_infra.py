@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tasks.core.db import local_infile_enabled
 from tasks.core.schema import business_metadata, mysql_ddl, recsys_metadata
+from tasks.data.bulk import local_infile_enabled
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 EXPECTED_SERVICES = {

@@ -91,7 +91,9 @@ def test_history_shares_item_embedding_and_masks_padding(exported) -> None:  # t
 
 
 def test_nan_loss_raises(exported) -> None:  # type: ignore[no-untyped-def]
-    from tasks.model.training.stage import NonFiniteLossError, TrainParams, fit_model
+    from tasks.model.training.config import TrainParams
+    from tasks.model.training.errors import NonFiniteLossError
+    from tasks.model.training.loop import fit_model
     from tasks.model.two_tower import to_tensors
 
     model, _ = exported
@@ -101,4 +103,6 @@ def test_nan_loss_raises(exported) -> None:  # type: ignore[no-untyped-def]
     batch["label"] = tf.constant([1.0, np.nan, 0.0, 1.0])
     batch["logq"] = tf.zeros([4])
     with pytest.raises(NonFiniteLossError, match="nan"):
-        fit_model(model, lambda epoch: [batch], None, TrainParams(epochs=1, dim=8))
+        fit_model(
+            model, lambda epoch: [batch], None, TrainParams(loss="pointwise", epochs=1, dim=8)
+        )

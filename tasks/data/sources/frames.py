@@ -34,6 +34,8 @@ import sqlalchemy as sa
 
 from tasks.core.common import get_logger
 from tasks.core.schema import BUSINESS_TABLES, create_business_schema
+from tasks.data.bulk import LOAD_DATA_NULL, LoadDataTarget, load_data_field, load_data_file
+from tasks.data.bulk import BulkLoadError as BulkLoadError  # what load_data=True raises
 
 log = get_logger("datasets")
 
@@ -239,12 +241,9 @@ def _new_table(table: sa.Table, name: str) -> sa.Table:
     return table.to_metadata(sa.MetaData(), name=name)
 
 
-class BulkLoadError(RuntimeError):
-    """``LOAD DATA`` reported warnings (duplicate keys, truncated values): nothing is published."""
-
-
 def _tsv_column(series: pd.Series) -> pd.Series:
-    """One column as MySQL ``LOAD DATA`` text: ``\\N`` for NULL, backslash-escaped strings."""
+    """One column as MySQL ``LOAD DATA`` text: ``\\N`` for NULL, strings escaped by
+    ``tasks.data.bulk.load_data_field``."""
     missing = series.isna()
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
         text = series.dt.strftime("%Y-%m-%d %H:%M:%S")  # DATETIME(0): whole seconds
@@ -255,15 +254,8 @@ def _tsv_column(series: pd.Series) -> pd.Series:
             lambda v: str(int(v)) if float(v).is_integer() else repr(v), na_action="ignore"
         )
     else:
-        text = (
-            series.astype(object)
-            .map(str, na_action="ignore")
-            .str.replace("\\", "\\\\", regex=False)
-            .str.replace("\t", "\\t", regex=False)
-            .str.replace("\n", "\\n", regex=False)
-            .str.replace("\r", "\\r", regex=False)
-        )
-    return text.astype(object).where(~missing, "\\N")
+        text = series.astype(object).map(lambda v: load_data_field(str(v)), na_action="ignore")
+    return text.astype(object).where(~missing, LOAD_DATA_NULL)
 
 
 def _load_data_local(
@@ -272,7 +264,8 @@ def _load_data_local(
     """``LOAD DATA LOCAL INFILE`` of ``frame`` into ``table``; any warning aborts.
 
     Needs ``local_infile`` on the server and ``?local_infile=1`` in the URL. With LOCAL, MySQL
-    skips duplicate keys with a warning instead of failing, so warnings are treated as errors.
+    skips duplicate keys with a warning instead of failing, so ``load_data_file`` treats
+    warnings as errors (``BulkLoadError``).
     """
     if frame.empty:
         return 0
@@ -281,18 +274,15 @@ def _load_data_local(
     lines = _tsv_column(frame[columns[0]])
     for column in columns[1:]:
         lines = lines + "\t" + _tsv_column(frame[column])
-    path.write_text("\n".join(lines.tolist()) + "\n", encoding="utf-8")
-    column_list = ", ".join(f"`{c}`" for c in columns)
-    result = conn.exec_driver_sql(
-        f"LOAD DATA LOCAL INFILE '{path.as_posix()}' INTO TABLE `{table.name}` "
-        "CHARACTER SET utf8mb4 FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' "
-        f"LINES TERMINATED BY '\\n' ({column_list})"
+    path.write_text("\n".join(lines.tolist()) + "\n", encoding="utf-8", newline="\n")
+    written = load_data_file(
+        conn.connection.dbapi_connection,
+        path.as_posix(),
+        LoadDataTarget(table.name, tuple(columns)),
+        expected_rows=len(frame),
     )
-    warnings = conn.exec_driver_sql("SHOW WARNINGS LIMIT 5").fetchall()
-    if warnings:
-        raise BulkLoadError(f"{table.name}: LOAD DATA warnings {[tuple(w) for w in warnings]}")
     path.unlink()
-    return int(result.rowcount)
+    return written
 
 
 def _write_mysql_replace(

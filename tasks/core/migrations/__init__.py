@@ -1,0 +1,1 @@
+"""Alembic migrations of the recsys DB (driven by :mod:`tasks.core.migrate`)."""

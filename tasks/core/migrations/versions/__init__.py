@@ -1,0 +1,1 @@
+"""Revision scripts, one per schema change (``python -m tasks.core.migrate revision``)."""
