@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 PY := .venv/bin/python
 
-.PHONY: demo test test-fast bench lint setup services airflow-db
+.PHONY: demo test test-fast bench lint setup services airflow-db ui ui-down
 
 setup:
 	bash scripts/bootstrap.sh
@@ -34,5 +34,13 @@ lint: setup
 
 ## Every benchmark in bench/, each printing one JSON line last.
 bench: setup services
-	@for b in extract sampling train_throughput quality vector_refresh api_latency; do \
+	@for b in extract sampling train_throughput quality pipeline_quality vector_refresh api_latency; do \
 	  echo "== bench/$$b.py"; $(ENV) $(PY) bench/$$b.py || exit 1; done
+
+## The local UI stack: Airflow 3 (api-server, scheduler, dag-processor, triggerer; LocalExecutor)
+## on PostgreSQL, the MLflow UI and the API, all on 127.0.0.1 (scripts/ui.py; README "Operating it").
+ui: setup services
+	$(ENV) $(PY) scripts/ui.py up
+
+ui-down: setup
+	$(ENV) $(PY) scripts/ui.py down

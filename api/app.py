@@ -11,24 +11,38 @@ drop seen items -> optional DPP re-rank -> ids with score and channel.
 
 It degrades instead of failing: Milvus down -> the other channels; KV down or unknown user
 -> the hot list (a copy of the last one read is kept in memory as the final fallback);
-model down -> precomputed or hot. Bad input is a 4xx with a message naming the value.
-Long-lived clients (KV, MilvusClient, model) are created once at startup in ``app.state``.
+model down -> precomputed or hot. Bad input is a 422 ``{"error": ..., "request_id": ...}``
+naming the value (ids are positive int64). Long-lived clients (KV, MilvusClient, model) are
+created once at startup in ``app.state``; the live collection is loaded then and whenever the
+live namespace (or the ``items`` alias it falls back to) names another one, since a collection
+built by another process is ``NotLoad`` here. ``/healthz`` is a readiness check: 503 naming the
+failing parts unless a real search, a KV read of the live namespace and a model call work.
+Every response carries ``X-Request-ID`` (the caller's, if sane, else a fresh one), also in the
+JSON bodies. Repeated failures log once with a traceback, then one line per kind every
+``LOG_EVERY_S`` seconds with a count (pymilvus' own error logs included). ``/docs`` serves
+Swagger UI from the pinned ``swagger-ui-bundle-v2`` package (Swagger UI 5: renders OpenAPI 3.1): no CDN.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import re
 import threading
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tasks.core.common import get_logger
 from tasks.core.settings import Settings, load_settings
@@ -38,6 +52,160 @@ log = get_logger("api")
 MAX_K = 200
 I2I_SEEDS = 5
 NAMESPACE_TTL_S = 1.0
+INT64_MAX = 2**63 - 1
+LOG_EVERY_S = 10.0
+SWAGGER_STATIC = "/static/swagger-ui"
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+# -- response models (the OpenAPI spec documents exactly what is returned) -----------------
+class Item(BaseModel):
+    """One recommended illust."""
+
+    illust_id: int = Field(description="the illust's id")
+    score: float = Field(description="the channel's score (higher is better)")
+    channel: str = Field(description="where it came from: precomputed, ann, i2i, follow_new or hot")
+
+
+class _Answer(BaseModel):
+    source: str = Field(
+        description="the path that answered: precomputed, realtime, ann, i2i or hot"
+    )
+    items: list[Item]
+    degraded: list[str] = Field(
+        description="dependencies that failed and were worked around (e.g. milvus, kv, model)"
+    )
+    request_id: str = Field(description="also sent as the X-Request-ID header")
+
+
+class RecommendResponse(_Answer):
+    """``/recommend``: up to ``k`` items the user has not seen."""
+
+    user_id: int
+    namespace: str | None = Field(None, description="the live KV namespace that was read")
+
+
+class SimilarResponse(_Answer):
+    """``/similar``: up to ``k`` items near the given one."""
+
+    illust_id: int
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx: a message naming the bad value."""
+
+    error: str
+    request_id: str
+
+
+class HealthResponse(BaseModel):
+    """Readiness: each part is checked the way requests use it."""
+
+    status: Literal["ok", "degraded"]
+    kv: bool = Field(description="the live namespace's pointer and meta can be read")
+    milvus: bool = Field(description="a search on the live collection answers")
+    model: bool = Field(description="the live model's user tower answers")
+    failing: dict[str, str] | None = Field(None, description="why each failing part failed")
+
+
+# -- logging -------------------------------------------------------------------------------
+class RateLimitedLog(logging.Filter):
+    """Let the first record of each kind through whole (traceback included), then at most one
+    single-line summary with a count every ``every_s`` seconds.
+
+    A kind is the logger plus the message template (numbers blanked when the message comes
+    preformatted, as pymilvus' do) plus the exception type, so a dependency that is down
+    costs a few lines per ``every_s`` instead of a traceback per request.
+    """
+
+    def __init__(self, every_s: float = LOG_EVERY_S) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._kinds: dict[tuple[str, str, str], list[float]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _kind(record: logging.LogRecord) -> tuple[str, str, str]:
+        template = str(record.msg)
+        if not record.args:
+            template = re.sub(r"\d+(?:\.\d+)?", "#", template.split("\n", 1)[0])[:300]
+        exc = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else ""
+        if not exc and isinstance(record.args, tuple):
+            exc = ",".join(type(a).__name__ for a in record.args if isinstance(a, BaseException))
+        return record.name, template, exc
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = self._kind(record)
+        now = time.monotonic()
+        with self._lock:
+            entry = self._kinds.get(key)
+            if entry is None or (entry[1] == 0 and now - entry[0] >= self.every_s):
+                if len(self._kinds) > 1000:
+                    self._kinds.clear()
+                self._kinds[key] = [now, 0]
+                return True  # first of its kind (or first after a quiet window): whole
+            if now - entry[0] < self.every_s:
+                entry[1] += 1
+                return False
+            count = int(entry[1])
+            self._kinds[key] = [now, 0]
+        first_line = record.getMessage().split("\n", 1)[0]
+        record.msg = (
+            f"{first_line} [{count + 1} times in the last {self.every_s:g}s; "
+            "traceback at the first one]"
+        )
+        record.args = None
+        record.exc_info = None
+        record.exc_text = None
+        record.stack_info = None
+        return True
+
+
+def _rate_limited_loggers() -> list[logging.Filterer]:
+    """Where the limiter goes: our logger and pymilvus' own handlers (it does not propagate)."""
+    targets: list[logging.Filterer] = [log]
+    for name in ("pymilvus", "pymilvus.milvus_client"):
+        targets.extend(logging.getLogger(name).handlers)
+    return targets
+
+
+# -- request id ----------------------------------------------------------------------------
+_Scope = MutableMapping[str, Any]
+_Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class RequestIdMiddleware:
+    """Pure ASGI (cheap): ``scope["state"]["request_id"]`` and an ``X-Request-ID`` header."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: _Scope, receive: Any, send: _Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = ""
+        for name, value in scope.get("headers", ()):
+            if name == b"x-request-id":
+                rid = value.decode("latin-1")
+                break
+        if not _REQUEST_ID_RE.match(rid):
+            rid = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        raw = rid.encode()
+
+        async def send_with_id(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", raw)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def _request_id(request: Request) -> str:
+    return str(getattr(request.state, "request_id", "")) or uuid.uuid4().hex
 
 
 @dataclass
@@ -64,6 +232,7 @@ class ServingState:
     last_hot: list[tuple[int, float]] = field(default_factory=list)
     view: NamespaceView | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    loaded: set[str] = field(default_factory=set)
 
     # -- startup ------------------------------------------------------------------------
     def open(self) -> None:
@@ -85,6 +254,36 @@ class ServingState:
             self.namespace()
         except Exception as exc:
             log.warning("could not read the live namespace at startup: %s", exc)
+            self.ensure_collection(None)  # KV down: at least the alias' collection
+
+    def ensure_collection(self, view: NamespaceView | None) -> None:
+        """Load the collection requests will search, once per collection name.
+
+        The collection was built (and loaded) by another process, the refresh; here, after
+        any restart, it is ``NotLoad`` and every search would fail. Checked at startup and
+        whenever the namespace is re-read, so an alias/namespace switch loads the new one.
+        """
+        if self.milvus is None:
+            return
+        from tasks.serving.vectors import ITEMS_ALIAS, alias_target, ensure_loaded
+
+        name = _collection(view)
+        try:
+            target = alias_target(self.milvus) if name == ITEMS_ALIAS else name
+            if target is None or target in self.loaded:
+                return
+            with self.lock:
+                if target not in self.loaded:
+                    ensure_loaded(self.milvus, target)
+                    self.loaded = self.loaded | {target}
+        except Exception as exc:
+            log.warning("could not load collection %s: %s", name, exc, exc_info=True)
+
+    def forget_loaded(self, collection: str, exc: Exception) -> None:
+        """A search said the collection is released: load it again at the next re-read."""
+        if "load" in str(exc).lower():
+            self.loaded = {c for c in self.loaded if c != collection}
+            self.view = None
 
     def load_model(self) -> None:
         """The live model: TF-Serving client if configured, else the SavedModel in process."""
@@ -147,6 +346,7 @@ class ServingState:
         if hot:
             self.last_hot = hot
         view = NamespaceView(name, meta, topn_fresh, hot or self.last_hot, time.monotonic())
+        self.ensure_collection(view)
         self.view = view
         return view
 
@@ -186,20 +386,28 @@ def _ann(
 ) -> list[tuple[int, float]]:
     if state.milvus is None:
         raise ConnectionError("Milvus is not available")
-    hits = state.milvus.search(
-        collection,
-        data=[np.asarray(vector, dtype=np.float32).tolist()],
-        limit=limit,
-        anns_field="embedding",
-        output_fields=[],
-    )
+    try:
+        hits = state.milvus.search(
+            collection,
+            data=[np.asarray(vector, dtype=np.float32).tolist()],
+            limit=limit,
+            anns_field="embedding",
+            output_fields=[],
+        )
+    except Exception as exc:
+        state.forget_loaded(collection, exc)
+        raise
     return [(int(h["illust_id"]), float(h["distance"])) for h in hits[0]]
 
 
 def _item_vectors(state: ServingState, collection: str, ids: list[int]) -> dict[int, np.ndarray]:
     if state.milvus is None:
         raise ConnectionError("Milvus is not available")
-    rows = state.milvus.query(collection, ids=ids, output_fields=["illust_id", "embedding"])
+    try:
+        rows = state.milvus.query(collection, ids=ids, output_fields=["illust_id", "embedding"])
+    except Exception as exc:
+        state.forget_loaded(collection, exc)
+        raise
     return {int(r["illust_id"]): np.asarray(r["embedding"], dtype=np.float32) for r in rows}
 
 
@@ -284,7 +492,7 @@ def recommend_for(
             )
             vector = np.asarray(out["embedding"][0], dtype=np.float32)
         except Exception as exc:
-            log.warning("user tower failed for %s: %s", user_id, exc)
+            log.warning("user tower failed for %s: %s", user_id, exc, exc_info=True)
             degraded.append("model")
     elif vector is None and history:
         degraded.append("model")
@@ -298,7 +506,7 @@ def recommend_for(
             limit = min(pool + len(seen), 16_384)
             channels.append(("ann", _ann(state, _collection(view), vector, limit)))
         except Exception as exc:
-            log.warning("ANN failed for user %s: %s", user_id, exc)
+            log.warning("ANN failed for user %s: %s", user_id, exc, exc_info=True)
             degraded.append("milvus")
     if history:
         try:
@@ -324,7 +532,7 @@ def recommend_for(
             order = dpp_rerank(quality, mat, k, theta=theta, window=window)
             candidates = [usable[i] for i in order]
         except Exception as exc:
-            log.warning("DPP skipped for user %s: %s", user_id, exc)
+            log.warning("DPP skipped for user %s: %s", user_id, exc, exc_info=True)
             degraded.append("dpp")
     return {
         "source": "realtime",
@@ -357,7 +565,7 @@ def similar_to(state: ServingState, illust_id: int, k: int) -> dict[str, Any]:
                 "degraded": degraded,
             }
     except Exception as exc:
-        log.warning("ANN failed for /similar/%s: %s", illust_id, exc)
+        log.warning("ANN failed for /similar/%s: %s", illust_id, exc, exc_info=True)
         degraded.append("milvus")
     if live is None:
         degraded.append("kv")
@@ -377,48 +585,148 @@ def similar_to(state: ServingState, illust_id: int, k: int) -> dict[str, Any]:
     return _hot_answer(state, k, {illust_id}, degraded)
 
 
+def readiness(state: ServingState) -> tuple[dict[str, bool], dict[str, str]]:
+    """Check each part the way requests use it; returns (part -> ok, part -> why it failed).
+
+    kv: the live pointer and its namespace's meta read back; milvus: a one-row search on the
+    collection that namespace names (the alias' when KV is down); model: a user-tower call.
+    """
+    from tasks.serving.namespace import current_namespace, namespace_meta
+
+    failing: dict[str, str] = {}
+    meta: dict[str, Any] | None = None
+    try:
+        if state.kv is None:
+            raise ConnectionError("KV store is not available")
+        name = current_namespace(state.kv)
+        if not name:
+            raise LookupError("no live namespace (no refresh has published one)")
+        meta = namespace_meta(state.kv, name)
+        if not meta:
+            raise LookupError(f"live namespace {name} has no meta")
+    except Exception as exc:
+        failing["kv"] = f"{type(exc).__name__}: {exc}"
+    try:
+        if state.milvus is None:
+            raise ConnectionError("Milvus is not available")
+        collection = str(meta.get("collection") or "") if meta else ""
+        collection = collection or _collection(None)  # no meta: the alias
+        dim = int(meta["dim"]) if meta and meta.get("dim") else _dim(state, collection)
+        if not _ann(state, collection, np.zeros(dim, np.float32), 1):
+            raise LookupError(f"collection {collection} returned no hit")
+    except Exception as exc:
+        failing["milvus"] = f"{type(exc).__name__}: {exc}"
+    try:
+        if state.model is None:
+            raise ConnectionError("no live model")
+        from tasks.model.features import HISTORY_LEN
+
+        out = state.model.predict(
+            "user_tower",
+            {"user_id": np.array([0], np.int64), "history": np.zeros((1, HISTORY_LEN), np.int64)},
+        )
+        if not np.all(np.isfinite(np.asarray(out["embedding"]))):
+            raise ValueError("user tower returned non-finite values")
+    except Exception as exc:
+        failing["model"] = f"{type(exc).__name__}: {exc}"
+    checks = {part: part not in failing for part in ("kv", "milvus", "model")}
+    return checks, failing
+
+
+def _dim(state: ServingState, collection: str) -> int:
+    """The embedding field's dimension, when no namespace meta says it."""
+    desc = state.milvus.describe_collection(collection)
+    for f in desc.get("fields", []):
+        if f.get("name") == "embedding":
+            return int(f.get("params", {}).get("dim"))
+    raise LookupError(f"collection {collection} has no embedding field")
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorResponse, "description": "an invalid parameter, named with its value"},
+}
+
+
+def _add_offline_docs(app: FastAPI) -> None:
+    """Swagger UI from the pinned ``swagger-ui-bundle-v2`` package's files (Swagger UI 5, OpenAPI 3.1): no CDN."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from starlette.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(SWAGGER_STATIC, StaticFiles(directory=swagger_ui_path), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=str(app.openapi_url),
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=None,
+            swagger_js_url=f"{SWAGGER_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{SWAGGER_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{SWAGGER_STATIC}/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},  # no badge from validator.swagger.io
+        )
+
+
 def create_app(settings: Settings | None = None, *, max_k: int = MAX_K) -> FastAPI:
     """Build the API; clients open in the lifespan (use TestClient as a context manager)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        limiter = RateLimitedLog(LOG_EVERY_S)
+        targets = _rate_limited_loggers()
+        for target in targets:
+            target.addFilter(limiter)
         state = ServingState(settings or load_settings())
         state.open()
         app.state.serving = state
         log.info(
-            "API up: model v%s, KV %s, Milvus %s",
+            "API up: model v%s, KV %s, Milvus %s, loaded %s",
             state.model_version,
             "up" if state.kv else "down",
             "up" if state.milvus else "down",
+            sorted(state.loaded),
         )
         try:
             yield
         finally:
             state.close()
+            for target in targets:
+                target.removeFilter(limiter)
 
-    app = FastAPI(title="recsys4pix", lifespan=lifespan)
+    app = FastAPI(title="recsys4pix", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(RequestIdMiddleware)
+    _add_offline_docs(app)
 
     @app.exception_handler(RequestValidationError)
-    async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
             f"{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']} (got {err.get('input')!r})"
             for err in exc.errors()
         ]
-        return JSONResponse(status_code=422, content={"error": "; ".join(problems)})
+        body = ErrorResponse(error="; ".join(problems), request_id=_request_id(request))
+        return JSONResponse(status_code=422, content=body.model_dump())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        body = ErrorResponse(error=str(exc.detail), request_id=_request_id(request))
+        return JSONResponse(status_code=exc.status_code, content=body.model_dump())
 
     @app.exception_handler(Exception)
     async def never_5xx(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s", request.url.path)
         state: ServingState = request.app.state.serving
-        return JSONResponse(status_code=200, content=_hot_answer(state, 20, set(), ["internal"]))
+        rid = _request_id(request)
+        answer = _hot_answer(state, 20, set(), ["internal"], request_id=rid)
+        return JSONResponse(status_code=200, content=answer, headers={"X-Request-ID": rid})
 
     def serving(request: Request) -> ServingState:
         return request.app.state.serving
 
-    @app.get("/recommend/{user_id}")
+    @app.get("/recommend/{user_id}", response_model=RecommendResponse, responses=_ERRORS)
     def recommend(
         request: Request,
-        user_id: int = Path(..., ge=0, description="user id"),
+        user_id: int = Path(..., ge=1, le=INT64_MAX, description="user id (positive int64)"),
         k: int = Query(20, ge=1, le=max_k, description="number of items"),
         dpp: bool = Query(False, description="diversify with DPP"),
         theta: float = Query(0.5, ge=0.0, le=1.0, description="DPP diversity weight"),
@@ -430,12 +738,12 @@ def create_app(settings: Settings | None = None, *, max_k: int = MAX_K) -> FastA
         except Exception as exc:
             log.exception("recommend failed for %s", user_id)
             answer = _hot_answer(state, k, set(), ["internal:" + type(exc).__name__])
-        return {"user_id": user_id, **answer}
+        return {"user_id": user_id, "request_id": _request_id(request), **answer}
 
-    @app.get("/similar/{illust_id}")
+    @app.get("/similar/{illust_id}", response_model=SimilarResponse, responses=_ERRORS)
     def similar(
         request: Request,
-        illust_id: int = Path(..., ge=0, description="illust id"),
+        illust_id: int = Path(..., ge=1, le=INT64_MAX, description="illust id (positive int64)"),
         k: int = Query(20, ge=1, le=max_k, description="number of items"),
     ) -> dict[str, Any]:
         state = serving(request)
@@ -444,23 +752,26 @@ def create_app(settings: Settings | None = None, *, max_k: int = MAX_K) -> FastA
         except Exception as exc:
             log.exception("similar failed for %s", illust_id)
             answer = _hot_answer(state, k, set(), ["internal:" + type(exc).__name__])
-        return {"illust_id": illust_id, **answer}
+        return {"illust_id": illust_id, "request_id": _request_id(request), **answer}
 
-    @app.get("/healthz")
-    def healthz(request: Request) -> dict[str, Any]:
+    @app.get(
+        "/healthz",
+        response_model=HealthResponse,
+        response_model_exclude_none=True,
+        responses={503: {"model": HealthResponse, "description": "a part requests need is down"}},
+    )
+    def healthz(request: Request) -> JSONResponse:
+        """Readiness: 200 when requests can be served fully, else 503 naming what failed."""
         state = serving(request)
-        checks = {"kv": False, "milvus": False, "model": state.model is not None}
-        try:
-            checks["kv"] = bool(state.kv is not None and state.kv.ping())
-        except Exception:
-            checks["kv"] = False
-        try:
-            checks["milvus"] = state.milvus is not None and isinstance(
-                state.milvus.list_collections(), list
-            )
-        except Exception:
-            checks["milvus"] = False
-        return {"status": "ok" if all(checks.values()) else "degraded", **checks}
+        with contextlib.suppress(Exception):  # readiness below names a KV failure
+            state.namespace()  # (re)loads the live collection if needed
+        checks, failing = readiness(state)
+        body = HealthResponse(
+            status="degraded" if failing else "ok", failing=failing or None, **checks
+        )
+        return JSONResponse(
+            status_code=503 if failing else 200, content=body.model_dump(exclude_none=True)
+        )
 
     @app.get("/version")
     def version(request: Request) -> dict[str, Any]:

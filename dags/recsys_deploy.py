@@ -45,9 +45,17 @@ from plugins.dag_defaults import (
         "force": Param(
             False,
             type="boolean",
+            title="Force refresh",
             description="Refresh vectors even if the champion is already live.",
         ),
-        "keep_versions": Param(3, type="integer", minimum=1, maximum=20),
+        "keep_versions": Param(
+            3,
+            type="integer",
+            minimum=1,
+            maximum=20,
+            title="Versions to keep",
+            description="Model versions kept in the TF-Serving base path (older ones removed).",
+        ),
     },
 )
 def recsys_deploy() -> None:

@@ -23,7 +23,16 @@ from plugins.dag_defaults import SERVING_VECTORS, recsys_dag, task_settings
     ),
     stage="serving",
     doc_md=__doc__,
-    params={"top_n": Param(100, type="integer", minimum=1, maximum=1000)},
+    params={
+        "top_n": Param(
+            100,
+            type="integer",
+            minimum=1,
+            maximum=1000,
+            title="Top N",
+            description="Recommendations precomputed per user.",
+        )
+    },
 )
 def recsys_precompute() -> None:
     @task

@@ -6,7 +6,10 @@ the promotion gate.
 
 * Scheduled on the asset **recsys_validated_data**: each validated interval (from the
   asset events that triggered the run) gets its samples built. A manual trigger takes
-  `interval_start`/`interval_end` instead.
+  `interval_start`/`interval_end` instead; left empty (the form's defaults), it trains on
+  the validated intervals in the recsys DB that are not sampled yet, or, when all are, on
+  the newest validated interval (a retrain). With nothing validated yet the `intervals`
+  task fails saying to run `recsys_extract_validate` first.
 * `build_samples`: random + popularity-weighted negatives written with INSERT IGNORE,
   then positives with REPLACE INTO, keyed on `(user_id, illust_id)`.
 * `train`: TF/Keras two-tower on the samples table; curves, plots, the feature config and
@@ -22,6 +25,8 @@ A person can also move the `champion` alias in the MLflow UI; `recsys_deploy` no
 """
 
 from __future__ import annotations
+
+import logging
 
 from airflow.sdk import Param, task
 
@@ -42,41 +47,88 @@ from tasks.model.training.config import LOSSES, TRAIN_DEFAULTS
     stage="model",
     doc_md=__doc__,
     params={
-        **interval_params("sample the intervals named by the triggering asset events"),
-        "negatives_per_positive": Param(4, type="integer", minimum=1, maximum=100),
+        **interval_params(
+            "sample the intervals named by the triggering asset events; on a manual "
+            "trigger, the validated intervals not sampled yet (else the newest validated one)"
+        ),
+        "negatives_per_positive": Param(
+            4,
+            type="integer",
+            minimum=1,
+            maximum=100,
+            title="Negatives per positive",
+            description="Negative samples drawn for each positive interaction.",
+        ),
         "popular_ratio": Param(
             0.5,
             type="number",
             minimum=0,
             maximum=1,
+            title="Popular ratio",
             description="Share of negatives drawn by popularity.",
         ),
-        "popularity_exponent": Param(0.75, type="number", minimum=0, maximum=2),
+        "popularity_exponent": Param(
+            0.75,
+            type="number",
+            minimum=0,
+            maximum=2,
+            title="Popularity exponent",
+            description="Popular negatives are drawn with probability ~ count**exponent "
+            "(0 = uniform, 1 = proportional to popularity).",
+        ),
         # Training defaults come from TrainParams (tasks/model/training/config.py), the one source.
-        "epochs": Param(TRAIN_DEFAULTS.epochs, type="integer", minimum=1, maximum=200),
+        "epochs": Param(
+            TRAIN_DEFAULTS.epochs,
+            type="integer",
+            minimum=1,
+            maximum=200,
+            title="Epochs",
+            description="Training epochs of the two-tower model.",
+        ),
         "loss": Param(
             TRAIN_DEFAULTS.loss,
             enum=list(LOSSES),
+            title="Loss",
             description="inbatch_softmax (logQ-corrected, wins on bench/quality.py) or "
             "pointwise BCE on the samples table (the write-up's choice).",
         ),
-        "promote": Param(True, type="boolean", description="Run the promotion gate."),
-        "gate_metric": Param("HR@10", enum=["HR@10", "NDCG@10", "HR@20", "NDCG@20"]),
-        "gate_margin": Param(0.0, type="number", minimum=0),
+        "promote": Param(
+            True,
+            type="boolean",
+            title="Promote",
+            description="Run the promotion gate (off: register the challenger only).",
+        ),
+        "gate_metric": Param(
+            "HR@10",
+            enum=["HR@10", "NDCG@10", "HR@20", "NDCG@20"],
+            title="Gate metric",
+            description="Holdout metric the challenger must win on to be promoted.",
+        ),
+        "gate_margin": Param(
+            0.0,
+            type="number",
+            minimum=0,
+            title="Gate margin",
+            description="How much the challenger must beat the champion by on the gate "
+            "metric (absolute, e.g. 0.01 = one point of HR).",
+        ),
     },
 )
 def recsys_train() -> None:
     @task
     def intervals(params=None, triggering_asset_events=None) -> list[dict]:
-        from tasks.core.intervals import intervals_from_events
+        from tasks.core.intervals import training_intervals
 
         extras = [
             dict(event.extra or {})
             for events in (triggering_asset_events or {}).values()
             for event in events
         ]
-        return intervals_from_events(
-            params.get("interval_start"), params.get("interval_end"), extras
+        return training_intervals(
+            task_settings().recsys_db_url,
+            params.get("interval_start"),
+            params.get("interval_end"),
+            extras,
         )
 
     @task
@@ -103,6 +155,7 @@ def recsys_train() -> None:
 
     @task(**NO_RETRY)
     def train(samples: dict, params=None) -> dict:
+        from plugins.lineage import lineage_from_context
         from tasks.model.training.stage import TrainParams, train_two_tower
 
         result = train_two_tower(
@@ -110,36 +163,53 @@ def recsys_train() -> None:
             samples["start"],
             samples["end"],
             params=TrainParams(epochs=params["epochs"], loss=params["loss"]),
+            lineage=lineage_from_context(),
         )
         return result.as_dict()
 
     @task
     def register(trained: dict) -> int:
         from model_registry.registry import register_challenger
+        from plugins.lineage import lineage_from_context
 
-        return register_challenger(task_settings(), trained["run_id"])
+        return register_challenger(
+            task_settings(), trained["run_id"], lineage=lineage_from_context()
+        )
 
     @task(**NO_RETRY)
     def promotion_gate(version: int, params=None) -> dict:
         from model_registry.gate import promote_if_better
+        from plugins.run_notes import announce_decision
 
         if not params["promote"]:
-            return {
-                "promoted": False,
-                "reason": "promotion disabled by the 'promote' param",
-                "version": version,
-            }
+            return announce_decision(
+                {
+                    "promoted": False,
+                    "reason": "promotion disabled by the 'promote' param",
+                    "version": version,
+                }
+            )
+        from plugins.lineage import lineage_from_context
+
         decision = promote_if_better(
-            task_settings(), version, metric=params["gate_metric"], margin=params["gate_margin"]
+            task_settings(),
+            version,
+            metric=params["gate_metric"],
+            margin=params["gate_margin"],
+            lineage=lineage_from_context(),
         )
-        return decision.as_dict() | {"version": version}
+        return announce_decision(decision.as_dict() | {"version": version})
 
     @task(outlets=[CHAMPION_MODEL])
     def publish_champion(decision: dict, outlet_events=None) -> int:
         from airflow.sdk.exceptions import AirflowSkipException
 
+        from plugins.run_notes import decision_line
+
         if not decision["promoted"]:
-            raise AirflowSkipException(f"not promoted: {decision['reason']}")
+            line = decision_line(decision)
+            logging.getLogger("recsys4pix.publish_champion").info("skipped: %s", line)
+            raise AirflowSkipException(line)
         outlet_events[CHAMPION_MODEL].extra = {"version": decision["version"]}
         return decision["version"]
 

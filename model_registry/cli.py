@@ -1,6 +1,7 @@
 """``recsys-registry`` / ``python -m model_registry.cli``: list, promote, rollback.
 
-* ``list``: every version with its aliases, data interval and logged metrics.
+* ``list``: every version with its aliases, data interval, its run's metrics and the
+  gate's reason.
 * ``promote VERSION``: run the promotion gate for VERSION (``--force`` moves the alias
   without the gate, recording the reason; ``--metric``/``--margin`` tune the gate).
 * ``rollback``: the previous champion becomes champion again.
@@ -13,7 +14,13 @@ import json
 import sys
 from collections.abc import Sequence
 
-from model_registry.registry import RegistryError, list_versions, rollback, set_champion
+from model_registry.registry import (
+    RegistryError,
+    list_versions,
+    rollback,
+    run_metrics,
+    set_champion,
+)
 from tasks.core.settings import load_settings
 
 
@@ -37,10 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "list":
             for ref in list_versions(settings):
+                # Read from the run (versions no longer copy metrics into tags).
                 metrics = {
-                    k[len("metric.") :]: float(v)
-                    for k, v in ref.tags.items()
-                    if k.startswith("metric.") and ("_at_" in k or k.endswith("loss"))
+                    k.replace("@", "_at_"): v for k, v in run_metrics(settings, ref.run_id).items()
                 }
                 row = {
                     "version": ref.version,

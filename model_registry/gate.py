@@ -3,19 +3,23 @@
 Both the challenger and the *current* champion (alias read fresh: a person may have moved it)
 are re-scored on one holdout — logged numbers from older runs are not trusted, since they were
 measured on other data. With no champion yet, the challenger must beat MostPop on that holdout.
-A refusal stores its reason in the version's ``gate_reason`` tag.
+Every decision is stored on the challenger version as a few tags: ``gate_decision``,
+``gate_reason`` and the compared scores (``gate.metric``, ``gate.challenger_score``,
+``gate.reference``, ``gate.reference_score``), plus the Airflow run that decided it when a
+``lineage`` is given. The decision carries the challenger's MLflow run link (``run_url``).
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
 from model_registry.registry import (
     CHAMPION,
+    GATE_DECISION_TAG,
     GATE_REASON_TAG,
     ModelRef,
     RegistryError,
@@ -23,9 +27,11 @@ from model_registry.registry import (
     download_saved_model,
     get_version,
     resolve_alias,
+    run_url_of,
     set_champion,
 )
 from tasks.core.common import StageResult, get_logger, to_naive_utc
+from tasks.core.lineage import RunLineage
 from tasks.core.settings import Settings
 from tasks.model.evaluate import (
     LeaveLastSplit,
@@ -58,6 +64,7 @@ class GateDecision(StageResult):
     challenger_score: float
     reference_score: float
     reference: str
+    run_url: str = ""
 
 
 # Scores one registered version on a holdout: returns rank metrics (HR@10, NDCG@10, ...).
@@ -122,9 +129,14 @@ def promote_if_better(
     margin: float = 0.0,
     holdout: Holdout | None = None,
     scorer: VersionScorer = score_saved_model,
+    lineage: RunLineage | None = None,
 ) -> GateDecision:
     """Promote ``version`` to champion iff it beats the current champion (or MostPop) by
-    more than ``margin`` on ``metric``, both scored on the same ``holdout``."""
+    more than ``margin`` on ``metric``, both scored on the same ``holdout``.
+
+    The decision, its reason and both scores are tagged on the version (with ``lineage``'s
+    DAG run and task-instance link when given) and logged with the challenger's run link.
+    """
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin!r}")
     challenger = get_version(settings, version)
@@ -139,15 +151,20 @@ def promote_if_better(
 
     champion = resolve_alias(settings, CHAMPION)  # fresh: the UI may have moved it
     if champion is not None and champion.version == challenger.version:
-        return _refuse(
+        return _decide(
             settings,
+            GateDecision(
+                promoted=False,
+                reason=f"v{version} is already champion",
+                champion_version=champion.version,
+                challenger_version=challenger.version,
+                metric=metric,
+                challenger_score=challenger_score,
+                reference_score=challenger_score,
+                reference=f"v{version}",
+            ),
             challenger,
-            champion,
-            metric,
-            challenger_score,
-            challenger_score,
-            f"v{version}",
-            f"v{version} is already champion",
+            lineage,
         )
     if champion is None:
         reference = "MostPop"
@@ -162,52 +179,59 @@ def promote_if_better(
         f"{metric} {challenger_score:.4f} {verdict} {reference} {reference_score:.4f} "
         f"+ margin {margin:g} on {len(holdout.split.test_user_idx)} holdout users"
     )
-    if not wins:
-        return _refuse(
-            settings,
-            challenger,
-            champion,
-            metric,
-            challenger_score,
-            reference_score,
-            reference,
-            reason,
-        )
-    set_champion(settings, challenger.version, reason=reason)
-    log.info("promoted v%d: %s", challenger.version, reason)
-    return GateDecision(
-        promoted=True,
-        reason=reason,
-        champion_version=challenger.version,
-        challenger_version=challenger.version,
-        metric=metric,
-        challenger_score=challenger_score,
-        reference_score=reference_score,
-        reference=reference,
+    if wins:
+        set_champion(settings, challenger.version, reason=reason)
+    return _decide(
+        settings,
+        GateDecision(
+            promoted=wins,
+            reason=reason,
+            champion_version=challenger.version
+            if wins
+            else (champion.version if champion is not None else None),
+            challenger_version=challenger.version,
+            metric=metric,
+            challenger_score=challenger_score,
+            reference_score=reference_score,
+            reference=reference,
+        ),
+        challenger,
+        lineage,
     )
 
 
-def _refuse(
+def decision_tags(decision: GateDecision, lineage: RunLineage | None = None) -> dict[str, str]:
+    """The version tags a decision leaves: decision, reason, compared scores, deciding run."""
+    tags = {
+        GATE_DECISION_TAG: "promoted" if decision.promoted else "not promoted",
+        GATE_REASON_TAG: decision.reason,
+        "gate.metric": decision.metric,
+        "gate.challenger_score": f"{decision.challenger_score:.6f}",
+        "gate.reference": decision.reference,
+        "gate.reference_score": f"{decision.reference_score:.6f}",
+    }
+    if lineage is not None:
+        tags["gate.airflow_run_id"] = lineage.run_id
+        if lineage.ti_url:
+            tags["gate.airflow_task_instance_url"] = lineage.ti_url
+    return tags
+
+
+def _decide(
     settings: Settings,
+    decision: GateDecision,
     challenger: ModelRef,
-    champion: ModelRef | None,
-    metric: str,
-    challenger_score: float,
-    reference_score: float,
-    reference: str,
-    reason: str,
+    lineage: RunLineage | None,
 ) -> GateDecision:
-    client(settings).set_model_version_tag(
-        settings.registered_model_name, str(challenger.version), GATE_REASON_TAG, reason
-    )
-    log.info("not promoting v%d: %s", challenger.version, reason)
-    return GateDecision(
-        promoted=False,
-        reason=reason,
-        champion_version=champion.version if champion is not None else None,
-        challenger_version=challenger.version,
-        metric=metric,
-        challenger_score=challenger_score,
-        reference_score=reference_score,
-        reference=reference,
-    )
+    """Tag the challenger version with ``decision``, log it with the run link, return it."""
+    mlflow_client = client(settings)
+    for key, value in decision_tags(decision, lineage).items():
+        mlflow_client.set_model_version_tag(
+            settings.registered_model_name, str(challenger.version), key, value
+        )
+    url = run_url_of(settings, challenger.run_id)
+    verdict = "promoted" if decision.promoted else "not promoting"
+    log.info("%s v%d: %s", verdict, challenger.version, decision.reason)
+    if url:
+        log.info("MLflow run of v%d: %s", challenger.version, url)
+    return replace(decision, run_url=url)

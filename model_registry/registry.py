@@ -1,5 +1,9 @@
 """MLflow model registry operations: register, aliases, download, rollback, listing.
 
+Version tags are kept few and readable: lineage (the MLflow run, its data interval, the
+Airflow task try that registered it) and the gate's decision, reason and compared scores;
+the run's metrics stay on the run (``run_metrics`` reads them).
+
 Aliases are the only source of truth for "what is deployed": ``champion`` may be moved by
 the gate *or* by a person in the MLflow UI, so every function reads it fresh. Each promotion
 records the version it replaced in the ``previous_champion`` tag of the new champion, which
@@ -13,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.common import get_logger
+from tasks.core.lineage import RunLineage
 from tasks.core.settings import Settings
 
 log = get_logger("registry")
@@ -21,6 +26,10 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_CHAMPION_TAG = "previous_champion"
 GATE_REASON_TAG = "gate_reason"
+GATE_DECISION_TAG = "gate_decision"  # "promoted" / "not promoted"
+RUN_ID_TAG = "mlflow_run_id"
+# Copied from the training run onto the version: what it was trained on.
+LINEAGE_RUN_TAGS = ("data_interval_start", "data_interval_end", "params_fingerprint")
 # Registered-model tag: comma-separated champion versions in the order they were set by
 # this package. A person moving the alias in the MLflow UI bypasses it; rollback then falls
 # back to the last champion recorded here that is not the current one.
@@ -76,11 +85,14 @@ def get_version(settings: Settings, version: int) -> ModelRef:
     return _ref(found)
 
 
-def register_challenger(settings: Settings, run_id: str) -> int:
+def register_challenger(
+    settings: Settings, run_id: str, *, lineage: RunLineage | None = None
+) -> int:
     """Register the run's logged model as a new version and point ``challenger`` at it.
 
     Idempotent: a run already registered keeps its version (the alias is re-pointed).
-    Tags carry the run's data interval and its evaluation metrics.
+    Tags carry lineage only: the run id, its data interval and params fingerprint, and
+    ``lineage``'s Airflow tags (the task try that registered it) when given.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -106,18 +118,45 @@ def register_challenger(settings: Settings, run_id: str) -> int:
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
         tags = {
             "registered_by": "register_challenger",
-            **{
-                k: v
-                for k, v in run.data.tags.items()
-                if k in ("data_interval_start", "data_interval_end", "export_dir")
-            },
-            **{f"metric.{k}": f"{v:.6f}" for k, v in run.data.metrics.items()},
+            RUN_ID_TAG: run_id,
+            **{k: v for k, v in run.data.tags.items() if k in LINEAGE_RUN_TAGS},
+            **(lineage.as_tags() if lineage is not None else {}),
         }
         created = mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT}", name, tags=tags)
         version = int(created.version)
         log.info("registered run %s as %s v%d", run_id, name, version)
     mlflow_client.set_registered_model_alias(name, CHALLENGER, str(version))
     return version
+
+
+def run_metrics(settings: Settings, run_id: str) -> dict[str, float]:
+    """The training run's own rank metrics (``HR@10``, ...), read from the run itself."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client(settings).get_run(run_id)
+    except MlflowException:
+        return {}
+    return {
+        k.replace("_at_", "@"): float(v)
+        for k, v in run.data.metrics.items()
+        if "_at_" in k and "." not in k
+    }
+
+
+def run_url_of(settings: Settings, run_id: str) -> str:
+    """The run's page in the MLflow UI, or "" when the run is unknown."""
+    from mlflow.exceptions import MlflowException
+
+    from tasks.model.training.tracking import run_url
+
+    if not run_id:
+        return ""
+    try:
+        run = client(settings).get_run(run_id)
+    except MlflowException:
+        return ""
+    return run_url(settings, run.info.experiment_id, run_id)
 
 
 def resolve_alias(settings: Settings, alias: str = CHAMPION) -> ModelRef | None:

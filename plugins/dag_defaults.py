@@ -13,6 +13,14 @@ import pendulum
 from airflow.sdk import Asset, Param, dag
 
 from plugins.callbacks import record_task_failure
+from plugins.task_stderr import install_stderr_forwarding
+from tasks.core.common import quiet_third_party
+
+# Every task process imports this module (through its DAG file) before a task body imports
+# TensorFlow/MLflow/GX: their stderr chatter is turned down here, once; what still reaches
+# stderr is logged at its own level, not as the supervisor's ERROR (no-op outside a worker).
+quiet_third_party()
+install_stderr_forwarding()
 
 # Data-aware scheduling: each DAG publishes one of these, the next one is scheduled on it.
 VALIDATED_DATA = Asset(name="recsys_validated_data", uri="recsys://recsys_db/mirror")

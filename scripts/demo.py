@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"extract+validate : {extract.xcoms.get('extract', {}).get('extract')}")
     _say(f"validation       : {extract.xcoms.get('validate')}")
     _say(f"samples          : {train.xcoms.get('build_samples', {}).get('runs')}")
-    _say(f"MLflow run       : {trained.get('run_id')}  metrics: {trained.get('metrics')}")
+    _say(f"MLflow run       : {trained.get('run_name')}  {trained.get('run_url')}")
+    _say(f"metrics          : {trained.get('metrics')}")
     _say(f"model version    : v{train.xcoms.get('register')}  gate: {gate.get('reason')}")
     _say(f"deployed         : {deploy.xcoms.get('deploy')}")
     _say(f"vectors          : {refreshed}")
@@ -145,13 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     _say("")
     _say(f"done in {time.monotonic() - started:.0f}s. Look at it yourself:")
     _say(
-        "  Airflow UI : source scripts/env.sh && .venv/bin/airflow standalone   # http://localhost:8080"
+        "  Airflow UI : source scripts/env.sh && AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True"
+        " .venv/bin/airflow api-server --host 127.0.0.1 --port 8080   # these runs and their task logs"
     )
     _say(
-        f"  MLflow UI  : .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}   # http://localhost:5000"
+        f"  MLflow UI  : .venv/bin/mlflow ui --host 127.0.0.1 --backend-store-uri {settings.mlflow_tracking_uri}"
+        "   # http://127.0.0.1:5000"
     )
+    _say("  Live stack : make ui   # scheduler + workers on PostgreSQL, MLflow UI, API (README)")
     _say(
-        "  API        : source scripts/env.sh && .venv/bin/uvicorn api.app:create_app --factory --port 8000"
+        "  API        : source scripts/env.sh && .venv/bin/uvicorn api.app:create_app --factory --host 127.0.0.1 --port 8000"
         "   # curl localhost:8000/recommend/1?k=10"
     )
     return 0

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Make sure the real services the tests talk to are up: MariaDB on 127.0.0.1:3306 (root,
-# empty password) and Redis on 127.0.0.1:6379. Starts them, installing with apt-get if absent.
+# empty password), Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432 (the metadata DB
+# of the local UI stack, scripts/ui.py), and Chromium for tests/ui/. Starts them, installing
+# with apt-get if absent.
 # Never skips: a service that cannot be brought up fails the run loudly.
 set -euo pipefail
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -34,4 +36,18 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
   wait_for Redis "redis-cli -h 127.0.0.1 -p 6379 ping"
 fi
-echo "services: MariaDB and Redis are up"
+if ! pg_isready -q -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
+  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || apt_install postgresql postgresql-client
+  echo "services: starting PostgreSQL"
+  # Debian's cluster (created by the package); listens on localhost only by default.
+  pg_version=$(ls /usr/lib/postgresql | sort -V | tail -1)
+  [ -d "/etc/postgresql/$pg_version/main" ] || $SUDO pg_createcluster "$pg_version" main >/dev/null
+  $SUDO pg_ctlcluster --skip-systemctl-redirect "$pg_version" main start || $SUDO pg_ctlcluster "$pg_version" main start || true
+  wait_for PostgreSQL "pg_isready -q -h 127.0.0.1 -p 5432"
+fi
+# Headless Chromium and its WebDriver for the real-browser test (tests/ui/).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  echo "services: installing chromium and chromium-driver"
+  apt_install chromium chromium-driver
+fi
+echo "services: MariaDB, Redis and PostgreSQL are up; chromium $(chromium --version 2>/dev/null | awk '{print $2}')"

@@ -50,3 +50,33 @@ class StageResult:
 def get_logger(name: str) -> logging.Logger:
     """Module logger; under Airflow its records land in the task log."""
     return logging.getLogger(f"recsys4pix.{name}")
+
+
+#: Environment read by third-party libraries at import: their chatter on stderr (which
+#: Airflow's task log shows as ERROR lines) is turned down to real problems.
+QUIET_ENV: dict[str, str] = {
+    "TF_CPP_MIN_LOG_LEVEL": "2",  # TensorFlow C++: errors only
+    "GRPC_VERBOSITY": "ERROR",
+    "MLFLOW_CONFIGURE_LOGGING": "false",  # no stderr handler of MLflow's own: log records propagate
+    "TQDM_DISABLE": "1",  # progress bars on stderr; progress is logged as INFO lines instead
+}
+#: Loggers of libraries that log every step at INFO; they keep WARNING and above.
+NOISY_LOGGERS = ("absl", "mlflow", "alembic", "great_expectations", "tensorflow", "h5py", "urllib3")
+
+
+def quiet_third_party() -> None:
+    """Route third-party stderr and warnings to their real level in the task log.
+
+    Python ``warnings`` become ``py.warnings`` WARNING records (not raw stderr);
+    TensorFlow/gRPC C++ logging, MLflow's own stderr handler and tqdm bars are turned off
+    through their environment variables (call before those libraries are imported);
+    chatty library loggers keep WARNING and above. Idempotent; ``os.environ`` values
+    someone set on purpose win.
+    """
+    import os
+
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    logging.captureWarnings(True)
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -56,6 +56,8 @@ class Settings:
     registered_model_name: str
     site_launch: str
     max_replica_lag_s: float
+    # The MLflow tracking UI as a person's browser reaches it (links in logs and XCom).
+    mlflow_ui_url: str = "http://127.0.0.1:5000"
 
     @property
     def gx_dir(self) -> Path:
@@ -102,4 +104,5 @@ def load_settings(home: str | os.PathLike[str] | None = None) -> Settings:
         registered_model_name=_env("RECSYS_REGISTERED_MODEL") or "recsys4pix_two_tower",
         site_launch=_env("RECSYS_SITE_LAUNCH") or "2007-09-10",
         max_replica_lag_s=float(_env("RECSYS_MAX_REPLICA_LAG_S") or 300),
+        mlflow_ui_url=(_env("RECSYS_MLFLOW_UI_URL") or "http://127.0.0.1:5000").rstrip("/"),
     )

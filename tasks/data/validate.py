@@ -3,9 +3,14 @@ upsert good rows into the mirror tables.
 
 Suites: ``expectations/<table>.json`` (GX suite JSON; each expectation's ``meta.severity`` is
 ``fail`` or ``warn``), plus range expectations derived from ``tasks.data.sources.generate.FIELD_RANGES``
-(the generator draws inside the same ranges). Suite parameters ``site_launch`` and
+(the generator draws inside the same ranges) and a max-length expectation per sized string
+column of the mirror table, derived from ``tasks.core.schema`` (a value its ``String(255)``
+cannot hold is quarantined, with the column, the limit and the row's length as the reason).
+Each checkpoint run is named ``<Airflow run id>__<table>`` in GX's results and Data Docs. Suite parameters ``site_launch`` and
 ``interval_end`` make "no create_time before launch or in the future" relative to the data
-interval, never to now().
+interval, never to now(); the launch is ``RECSYS_SITE_LAUNCH`` or, when earlier, the loaded data
+set's own earliest time that ``recsys-data load`` recorded in the replica (:func:`launch_bound`).
+A failure names its row count, the offending values with their counts and example rows.
 
 Columns GX cannot compute row by row are derived before validation and checked like any other
 column: ``key_count`` (rows sharing the table's key in the interval, a SQL window count, so
@@ -35,7 +40,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -126,13 +131,59 @@ def _range_expectations(table_name: str) -> list[dict[str, Any]]:
     return out
 
 
+LENGTH_EXPECTATION = "expect_column_value_lengths_to_be_between"
+#: Longest string kept whole in a quarantine row's JSON / in an error example; longer ones
+#: (a 10 MB username) are cut with their length noted, so reports and ``quarantine.row_json``
+#: (a TEXT column) stay bounded. The full row stays in the staging table.
+ROW_JSON_MAX_CHARS = 4096
+EXAMPLE_MAX_CHARS = 200
+
+
+def _length_expectations(table_name: str) -> list[dict[str, Any]]:
+    """One max-length expectation per sized string column of the table's mirror.
+
+    Derived from ``tasks.core.schema`` (the one definition of the column sizes), so a value
+    the mirror column cannot hold (``String(255)``) is quarantined, not truncated or failed
+    at load time.
+    """
+    mirror = schema.MIRROR_TABLES[table_name]
+    out: list[dict[str, Any]] = []
+    for column in mirror.columns:
+        length = getattr(column.type, "length", None)
+        if isinstance(column.type, sa.String) and length:
+            out.append(
+                {
+                    "type": LENGTH_EXPECTATION,
+                    "kwargs": {"column": column.name, "max_value": int(length)},
+                    "meta": {
+                        "severity": "fail",
+                        "description": f"{column.name} longer than {length} characters "
+                        f"({mirror.name}.{column.name} is String({length}))",
+                    },
+                }
+            )
+    return out
+
+
+def _clip(value: Any, limit: int) -> Any:
+    """``value`` with strings over ``limit`` characters cut and their length noted."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]}...[{len(value)} chars]"
+    return value
+
+
 def load_suite_dict(table_name: str, expectations_dir: Path = EXPECTATIONS_DIR) -> dict[str, Any]:
-    """The suite for ``table_name``: ``expectations/<table>.json`` + FIELD_RANGES ranges."""
+    """The suite for ``table_name``: ``expectations/<table>.json`` + FIELD_RANGES ranges +
+    max lengths of the mirror's sized string columns."""
     if table_name not in KEY_COLUMNS:
         raise ValueError(f"no expectation suite for table {table_name!r}")
     path = expectations_dir / f"{table_name}.json"
     suite = json.loads(path.read_text(encoding="utf-8"))
-    suite["expectations"] = list(suite["expectations"]) + _range_expectations(table_name)
+    suite["expectations"] = (
+        list(suite["expectations"])
+        + _range_expectations(table_name)
+        + _length_expectations(table_name)
+    )
     for expectation in suite["expectations"]:
         severity = expectation.get("meta", {}).get("severity")
         if severity not in SEVERITIES:
@@ -245,6 +296,13 @@ class _GxRunner:
         self.gx = gx
         gx_dir.mkdir(parents=True, exist_ok=True)
         self.context = gx.get_context(mode="file", project_root_dir=str(gx_dir))
+        # GX's tqdm bars ("Calculating Metrics") write to stderr, which Airflow shows as
+        # ERROR lines; the chunk/table progress is logged at INFO instead.
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        self.context.variables.progress_bars = ProgressBarsConfig(
+            globally=False, metric_calculations=False
+        )
         self.source = self.context.data_sources.add_or_update_pandas("recsys_staging")
         self.checkpoints: dict[str, Any] = {}
         self.data_docs = data_docs
@@ -318,8 +376,11 @@ def validate_interval(
 
     for noisy in ("great_expectations", "great_expectations.core", "tqdm"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    launch = datetime.fromisoformat(settings.site_launch)
-    parameters = {"site_launch": launch, "interval_end": end}
+    launch = launch_bound(settings)
+    # GX refuses a range whose min exceeds its max (and then reports a failure with no rows):
+    # an interval ending before launch has every row out of range, which min = max = end
+    # (``strict_max``) expresses.
+    parameters = {"site_launch": min(launch, end), "interval_end": end}
     engine = get_engine(settings.recsys_db_url)
     schema.ensure_recsys_schema(engine)
 
@@ -342,12 +403,7 @@ def validate_interval(
     fatal = [f for f in failures if f["severity"] == "fail"]
     for failure in failures:
         (log.error if failure["severity"] == "fail" else log.warning)(
-            "%s: %s failed (%s) on %d rows, e.g. %s",
-            failure["table"],
-            failure["expectation"],
-            failure["severity"],
-            failure["unexpected_count"],
-            failure["examples"],
+            "%s [%s]", failure_line(failure), failure["severity"]
         )
     seconds = time.perf_counter() - began
     log.info(
@@ -373,17 +429,75 @@ def validate_interval(
         seconds=round(seconds, 3),
     )
     if fatal:
-        lines = [
-            f"{f['table']}.{f['expectation']} ({f['column']}): {f['unexpected_count']} "
-            f"unexpected rows, e.g. {f['examples']}"
-            for f in fatal
-        ]
+        lines = [failure_line(f) for f in fatal]
         raise DataValidationError(
             f"data interval [{start}, {end}) failed {len(fatal)} expectation(s); rows "
             f"quarantined (run {run_id}), data docs {docs}:\n" + "\n".join(lines),
             failures,
         )
     return result
+
+
+def launch_bound(settings: Settings) -> datetime:
+    """The earliest ``create_time`` validation accepts: ``settings.site_launch``, or the
+    earliest time the loaded data set recorded in the replica (``recsys-data load`` writes
+    it to ``replica_meta``, since MovieLens predates the site) when that is earlier."""
+    from tasks.data.sources.frames import read_replica_meta
+
+    launch = datetime.fromisoformat(settings.site_launch)
+    recorded = read_replica_meta(settings.replica_url).get(LAUNCH_META_KEY)
+    if recorded:
+        data_launch = datetime.fromisoformat(recorded)
+        if data_launch < launch:
+            log.info(
+                "launch bound %s: the replica's data set starts before site_launch %s",
+                data_launch,
+                launch,
+            )
+            return data_launch
+    return launch
+
+
+#: ``replica_meta`` key holding the loaded data set's earliest time (ISO, naive UTC).
+LAUNCH_META_KEY = "data_launch"
+VALUES_PER_FAILURE = 5
+
+
+def failure_line(failure: dict[str, Any]) -> str:
+    """One failed expectation as text: rows, the offending values with counts, examples."""
+    values = ", ".join(f"{v!r} x{n}" for v, n in failure.get("values", []))
+    return (
+        f"{failure['table']}.{failure['expectation']} ({failure['column']}): "
+        f"{failure['unexpected_count']} unexpected rows; offending values (count): "
+        f"{values or 'n/a'}; e.g. {failure['examples']}"
+    )
+
+
+def _raised(er: Any) -> str | None:
+    """The exception message of an expectation result that raised, else None.
+
+    GX puts ``raised_exception`` at the top of ``exception_info`` for some errors and, for a
+    metric that failed to resolve (e.g. ``min_value cannot be greater than max_value``), in a
+    dict per metric; such a result has ``success=False`` and an empty ``result``.
+    """
+    info = er.exception_info or {}
+    candidates = [info] + [v for v in info.values() if isinstance(v, dict)]
+    for entry in candidates:
+        if entry.get("raised_exception"):
+            return str(entry.get("exception_message"))
+    return None
+
+
+def gx_run_name(run_id: str, table_name: str) -> str:
+    """The GX validation run's name: the Airflow run id and the table (not ``__none__``)."""
+    return f"{run_id}__{table_name}"
+
+
+def gx_run_id(run_id: str, table_name: str) -> Any:
+    """A GX ``RunIdentifier`` named by :func:`gx_run_name`."""
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    return RunIdentifier(run_name=gx_run_name(run_id, table_name))
 
 
 def _expectation_name(config: Any) -> tuple[str, str]:
@@ -414,6 +528,7 @@ def _validate_table(
     ]  # fmt: skip
     business_columns = [c.name for c in schema.BUSINESS_TABLES[table_name].columns]
     failures: dict[str, dict[str, Any]] = {}
+    value_counts: dict[str, Counter[Any]] = defaultdict(Counter)
     n_read = n_good = 0
     bad_keys: set[tuple[str, str]] = set()
     quarantine = schema.quarantine
@@ -431,7 +546,9 @@ def _validate_table(
             records = [dict(zip(columns, row, strict=True)) for row in rows]
             by_seq = {int(record["row_seq"]): record for record in records}
             outcome = checkpoint.run(
-                batch_parameters={"dataframe": frame}, expectation_parameters=parameters
+                batch_parameters={"dataframe": frame},
+                expectation_parameters=parameters,
+                run_id=gx_run_id(run_id, table_name),
             )
             bad_rows: dict[int, list[tuple[str, str]]] = defaultdict(list)
             for validation in outcome.run_results.values():
@@ -439,17 +556,20 @@ def _validate_table(
                     config = er.expectation_config
                     severity = (config.meta or {}).get("severity", "fail")
                     name, column = _expectation_name(config)
-                    if er.exception_info.get("raised_exception"):
-                        raise RuntimeError(
-                            f"{table_name}: expectation {name} raised "
-                            f"{er.exception_info.get('exception_message')}"
-                        )
+                    raised = _raised(er)
+                    if raised is not None:
+                        raise RuntimeError(f"{table_name}: expectation {name} raised {raised}")
                     if er.success:
                         continue
                     seqs = [
                         int(item["row_seq"])
                         for item in er.result.get("unexpected_index_list") or []
                     ]
+                    if not seqs and not er.result.get("unexpected_count"):
+                        raise RuntimeError(
+                            f"{table_name}: expectation {name} failed without naming rows "
+                            f"(result {er.result}, exception {er.exception_info})"
+                        )
                     entry = failures.setdefault(
                         name,
                         {
@@ -459,6 +579,7 @@ def _validate_table(
                             "severity": severity,
                             "unexpected_count": 0,
                             "examples": [],
+                            "values": [],
                             "description": (config.meta or {}).get("description", ""),
                         },
                     )
@@ -468,10 +589,17 @@ def _validate_table(
                     if severity == "fail":
                         for seq in seqs:
                             bad_rows[seq].append((name, entry["description"]))
+                    if column in columns:
+                        value_counts[name].update(
+                            _clip(_plain(by_seq[seq][column]), EXAMPLE_MAX_CHARS) for seq in seqs
+                        )
                     if len(entry["examples"]) < EXAMPLES_PER_FAILURE:
                         for seq in seqs[: EXAMPLES_PER_FAILURE - len(entry["examples"])]:
                             entry["examples"].append(
-                                {c: _plain(by_seq[seq][c]) for c in business_columns}
+                                {
+                                    c: _clip(_plain(by_seq[seq][c]), EXAMPLE_MAX_CHARS)
+                                    for c in business_columns
+                                }
                             )
             good: list[tuple[Any, ...]] = []
             quarantined_rows: list[tuple[Any, ...]] = []
@@ -480,9 +608,19 @@ def _validate_table(
                 reasons = bad_rows.get(int(record["row_seq"]))
                 if reasons:
                     key = row_key(table_name, plain)
-                    row_json = json.dumps(plain, sort_keys=True, ensure_ascii=False)
+                    row_json = json.dumps(
+                        {c: _clip(v, ROW_JSON_MAX_CHARS) for c, v in plain.items()},
+                        sort_keys=True,
+                        ensure_ascii=False,
+                    )
                     for name, description in reasons:
                         bad_keys.add((key, name))
+                        if name.startswith(LENGTH_EXPECTATION + ":"):
+                            column_name = name.split(":", 1)[1]
+                            description = (
+                                f"{description}; this row's {column_name} has "
+                                f"{len(str(plain[column_name]))} characters"
+                            )
                         quarantined_rows.append(
                             (
                                 table_name,
@@ -520,6 +658,8 @@ def _validate_table(
         mirror.name,
         n_bad,
     )
+    for name, entry in failures.items():
+        entry["values"] = value_counts[name].most_common(VALUES_PER_FAILURE)
     return n_read, n_good, n_bad, list(failures.values())
 
 

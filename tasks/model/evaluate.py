@@ -337,3 +337,111 @@ def evaluate_baselines(
     for name, metrics in out.items():
         log.info("baseline %s: %s", name, metrics)
     return out
+
+
+# -- ranker metrics: pointwise probabilities and ranked candidate lists -------------------
+def _binary_inputs(
+    labels: Sequence[float] | np.ndarray, scores: Sequence[float] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels, dtype=np.float64).reshape(-1)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if y.shape != s.shape:
+        raise EvaluationInputError(f"labels {y.shape} and scores {s.shape} differ in shape")
+    if not np.all(np.isin(y, (0.0, 1.0))):
+        raise EvaluationInputError("labels must be 0 or 1")
+    if not np.all(np.isfinite(s)):
+        raise EvaluationInputError("scores contain NaN or infinite values")
+    return y, s
+
+
+def auc(labels: Sequence[float] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
+    """ROC AUC: the chance a random positive scores above a random negative (ties count half).
+
+    NaN when only one class is present.
+    """
+    from scipy.stats import rankdata
+
+    y, s = _binary_inputs(labels, scores)
+    n_pos = float(y.sum())
+    n_neg = float(len(y) - n_pos)
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(s)  # average ranks for ties
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def gauc(
+    user_ids: Sequence[int] | np.ndarray,
+    labels: Sequence[float] | np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+) -> float:
+    """Group AUC: per-user AUC averaged with weights = the user's impressions (rows); users
+    with a single class are skipped. NaN when no user has both classes."""
+    y, s = _binary_inputs(labels, scores)
+    users = np.asarray(user_ids).reshape(-1)
+    if users.shape != y.shape:
+        raise EvaluationInputError(f"user_ids {users.shape} and labels {y.shape} differ in shape")
+    total, weight = 0.0, 0
+    order = np.argsort(users, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, users[order][1:] != users[order][:-1], True])
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        rows = order[lo:hi]
+        value = auc(y[rows], s[rows])
+        if np.isfinite(value):
+            total += value * len(rows)
+            weight += len(rows)
+    return total / weight if weight else float("nan")
+
+
+def logloss(
+    labels: Sequence[float] | np.ndarray, probs: Sequence[float] | np.ndarray, eps: float = 1e-7
+) -> float:
+    """Mean binary cross-entropy of probabilities (clipped to ``[eps, 1 - eps]``)."""
+    y, p = _binary_inputs(labels, probs)
+    if not len(y):
+        raise EvaluationInputError("no rows: cannot compute logloss")
+    p = np.clip(p, eps, 1.0 - eps)
+    return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log(1.0 - p)))
+
+
+def ranked_list_metrics(
+    relevance_lists: Iterable[Sequence[float] | np.ndarray], k: int = 10
+) -> dict[str, float]:
+    """HR@k and NDCG@k of ranked candidate lists (binary relevance, in ranked order).
+
+    HR@k: share of lists with a relevant item in the top k. NDCG@k: DCG@k / ideal DCG@k with
+    gains 1/log2(position + 1). Lists without a relevant item are skipped (nothing to find).
+    """
+    if k <= 0:
+        raise EvaluationInputError(f"K must be positive, got {k}")
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    hits, ndcgs = [], []
+    for rel in relevance_lists:
+        r = (np.asarray(rel, dtype=np.float64).reshape(-1) > 0).astype(np.float64)
+        n_rel = int(r.sum())
+        if n_rel == 0:
+            continue
+        top = r[:k]
+        hits.append(float(top.any()))
+        ideal = discounts[: min(n_rel, k)].sum()
+        ndcgs.append(float((top * discounts[: len(top)]).sum() / ideal))
+    if not hits:
+        return {f"HR@{k}": float("nan"), f"NDCG@{k}": float("nan")}
+    return {f"HR@{k}": float(np.mean(hits)), f"NDCG@{k}": float(np.mean(ndcgs))}
+
+
+def grouped_list_metrics(
+    group_ids: Sequence[int] | np.ndarray,
+    labels: Sequence[float] | np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+    k: int = 10,
+) -> dict[str, float]:
+    """:func:`ranked_list_metrics` of each group's rows ranked by score (descending; ties keep
+    the input order), e.g. a user's candidate set ranked by the ranker."""
+    y, s = _binary_inputs(labels, scores)
+    groups = np.asarray(group_ids).reshape(-1)
+    order = np.lexsort((np.arange(len(s)), -s, groups))
+    g = groups[order]
+    bounds = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True]) if len(g) else np.array([0])
+    lists = [y[order[lo:hi]] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+    return ranked_list_metrics(lists, k)

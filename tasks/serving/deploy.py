@@ -13,7 +13,9 @@ to ``<version>/``; verify (TF-Serving: poll status until AVAILABLE and predict e
 embedded default: load in process and do the same); only then rewrite ``models.config`` and
 ``LIVE`` (``models.config`` keeps the replaced version loaded too, for an instant rollback);
 then prune versions beyond the newest ``keep_last`` (never the live one or the one it
-replaced). A failed verification raises and leaves the previous version live, with
+replaced) and remove stale temp leftovers of interrupted deploys (``<v>.tmp/``,
+``.download-<v>/``, ``.LIVE.tmp``, ``.models.config.tmp``) untouched for ``STALE_TMP_S``:
+a leftover still being written by another deploy is younger than that. A failed verification raises and leaves the previous version live, with
 ``models.config`` restored byte for byte. Rollback is ``deploy_champion`` after the alias moved back: that version is
 already on disk, so it is verified and re-pointed, never rewritten.
 """
@@ -39,6 +41,9 @@ MANIFEST = "recsys_manifest.json"
 LIVE_FILE = "LIVE"
 CONFIG_FILE = "models.config"
 WARMUP_PATH = Path("assets.extra") / "tf_serving_warmup_requests"
+# A temp file or folder untouched this long belongs to no running deploy (copies and
+# downloads touch their tree continuously); younger ones are left alone.
+STALE_TMP_S = 600.0
 
 
 class DeployError(RuntimeError):
@@ -47,7 +52,10 @@ class DeployError(RuntimeError):
 
 @dataclass(frozen=True)
 class DeployResult(StageResult):
-    """What deploy did: ``version`` live at ``path``; ``skipped`` when it already was."""
+    """What deploy did: ``version`` live at ``path``; ``skipped`` when it already was;
+    ``reused`` when its complete directory was already on disk; ``rewritten`` when the live
+    version's directory was missing and was written and verified again; ``removed_temp`` the
+    stale temp leftovers cleaned up."""
 
     version: int | None
     path: str
@@ -57,6 +65,8 @@ class DeployResult(StageResult):
     embedding_dim: int = 0
     removed_versions: tuple[int, ...] = ()
     reason: str = ""
+    rewritten: bool = False
+    removed_temp: tuple[str, ...] = ()
 
 
 # -- paths and pointers ------------------------------------------------------------------
@@ -263,6 +273,74 @@ def _materialize(settings: Settings, version: int, saved_model_dir: Path) -> tup
     return final, False
 
 
+def _touched(path: Path) -> float:
+    """When ``path`` last changed: ctime too, since copies keep their source's mtime."""
+    stat = path.lstat()
+    return max(stat.st_mtime, stat.st_ctime)
+
+
+def _newest_mtime(path: Path) -> float:
+    """The latest change time anywhere under ``path`` (itself included)."""
+    try:
+        newest = _touched(path)
+    except FileNotFoundError:
+        return float("inf")
+    if path.is_dir() and not path.is_symlink():
+        for dirpath, dirnames, filenames in os.walk(path):
+            for name in (*dirnames, *filenames):
+                try:
+                    newest = max(newest, _touched(Path(dirpath) / name))
+                except FileNotFoundError:  # being removed or renamed right now: not stale
+                    return float("inf")
+    return newest
+
+
+def clean_stale_temp(
+    settings: Settings,
+    *,
+    older_than_s: float | None = None,
+    now: float | None = None,
+    keep: tuple[Path, ...] = (),
+) -> tuple[str, ...]:
+    """Remove temp leftovers of interrupted deploys untouched for ``older_than_s``
+    (default ``STALE_TMP_S``), except ``keep`` and folders holding one of them.
+
+    Under the model base: ``<v>.tmp/`` (a copy never renamed), ``.download-<v>/`` (a
+    registry download) and ``.LIVE.tmp``; under the serving base path:
+    ``.models.config.tmp``. Returns the removed names (relative to the serving base path).
+    """
+    import time
+
+    now = time.time() if now is None else now
+    older_than_s = STALE_TMP_S if older_than_s is None else older_than_s
+    kept = [k.resolve() for k in keep]
+    base = model_base(settings)
+    candidates: list[Path] = []
+    if base.exists():
+        candidates += [
+            p
+            for p in base.iterdir()
+            if (p.is_dir() and (p.name.endswith(".tmp") or p.name.startswith(".download-")))
+            or (p.is_file() and p.name == f".{LIVE_FILE}.tmp")
+        ]
+    config_tmp = settings.serving_base_path / f".{CONFIG_FILE}.tmp"
+    if config_tmp.is_file():
+        candidates.append(config_tmp)
+    removed: list[str] = []
+    for path in sorted(candidates):
+        if any(k == path.resolve() or path.resolve() in k.parents for k in kept):
+            continue
+        if now - _newest_mtime(path) < older_than_s:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path.relative_to(settings.serving_base_path).as_posix())
+        log.info("removed stale deploy leftover %s", path)
+    return tuple(removed)
+
+
 def _prune(settings: Settings, keep_last: int, protected: set[int]) -> tuple[int, ...]:
     """Delete version dirs beyond the newest ``keep_last``, except ``protected`` ones."""
     versions = deployed_versions(settings)
@@ -285,16 +363,28 @@ def deploy_saved_model(
     """Deploy ``saved_model_dir`` as ``version``, verify it, then make it live.
 
     Idempotent: an existing complete ``<version>/`` is verified and reused, never rewritten;
-    if it is already live nothing changes and ``skipped`` is True.
+    if it is already live nothing changes and ``skipped`` is True. When the live version's
+    directory was missing it is written again and verified (``rewritten``, not skipped).
     """
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ValueError(f"version must be a positive int, got {version!r}")
     if keep_last < 1:
         raise ValueError(f"keep_last must be >= 1, got {keep_last}")
     previous = live_version(settings)
+    stale = clean_stale_temp(settings, keep=(Path(saved_model_dir),))
     final, reused = _materialize(settings, version, Path(saved_model_dir))
-    if previous == version and (settings.serving_base_path / CONFIG_FILE).exists():
-        return DeployResult(version, str(final), skipped=True, reused=True, reason="already live")
+    rewritten = previous == version and not reused
+    if previous == version and reused and (settings.serving_base_path / CONFIG_FILE).exists():
+        return DeployResult(
+            version,
+            str(final),
+            skipped=True,
+            reused=True,
+            reason="already live",
+            removed_temp=stale,
+        )
+    if rewritten:
+        log.warning("live version %s was missing on disk: rewrote it, verifying again", version)
 
     config_path = settings.serving_base_path / CONFIG_FILE
     config_before = config_path.read_bytes() if config_path.exists() else None
@@ -334,6 +424,9 @@ def deploy_saved_model(
         verified_with=how,
         embedding_dim=dim,
         removed_versions=removed,
+        reason="live version directory was missing: rewritten and verified" if rewritten else "",
+        rewritten=rewritten,
+        removed_temp=stale,
     )
 
 
@@ -350,7 +443,15 @@ def deploy_champion(settings: Settings, *, keep_last: int = 3) -> DeployResult:
     if live_version(settings) == version and final.exists():
         check_version_dir(final)
         log.info("champion version %s is already live", version)
-        return DeployResult(version, str(final), skipped=True, reused=True, reason="already live")
+        stale = clean_stale_temp(settings)
+        return DeployResult(
+            version,
+            str(final),
+            skipped=True,
+            reused=True,
+            reason="already live",
+            removed_temp=stale,
+        )
     if final.exists():
         return deploy_saved_model(settings, version, final, keep_last=keep_last)
     staging = model_base(settings) / f".download-{version}"
@@ -366,6 +467,7 @@ def deploy_champion(settings: Settings, *, keep_last: int = 3) -> DeployResult:
 __all__ = [
     "DeployError",
     "DeployResult",
+    "clean_stale_temp",
     "deploy_champion",
     "deploy_saved_model",
     "live_model_dir",

@@ -220,6 +220,20 @@ def build_item_collection(
     return verify_collection(client, name, expected_rows=len(ids))
 
 
+def ensure_loaded(client: Any, name: str) -> bool:
+    """Load ``name`` unless it is loaded already; True when this call loaded it.
+
+    A collection outlives the process that built and loaded it: after a Milvus (Lite) or
+    client restart it is complete but ``NotLoad``, and search/query fail until it is loaded.
+    """
+    state = str(client.get_load_state(name).get("state"))
+    if "NotLoad" not in state and "Loaded" in state:
+        return False
+    client.load_collection(name)
+    log.info("loaded collection %s (was %s)", name, state)
+    return True
+
+
 def verify_collection(client: Any, name: str, *, expected_rows: int) -> int:
     """Raise ``RefreshError`` unless ``name`` is loaded and holds ``expected_rows`` rows."""
     rows = _row_count(client, name)
@@ -386,6 +400,8 @@ def refresh_vectors(
         reused = False
         if name in client.list_collections():
             if alias_target(client) == name:
+                # Complete but released (built by an earlier process): load, then check it.
+                ensure_loaded(client, name)
                 verify_collection(client, name, expected_rows=len(item_ids))
                 reused = True
                 log.info("collection %s is already live and complete: reusing", name)

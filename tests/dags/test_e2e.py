@@ -169,3 +169,42 @@ def test_champion_moved_by_hand_is_deployed_then_rolled_back(chain: dict) -> Non
     rolled = run_dag("recsys_deploy")
     assert rolled.ok, rolled.task_states
     assert rolled.xcoms["deploy"]["version"] == first
+
+
+def test_train_lineage_links_airflow_and_mlflow_both_ways(chain: dict) -> None:
+    """Issue 13: the MLflow run is named after the DAG run and tagged with the dag/run/task/
+    try and a link to the task instance; XCom carries the MLflow run link; the registered
+    version carries the MLflow run and the registering task."""
+    from urllib.parse import quote
+
+    import mlflow
+
+    from model_registry.registry import get_version
+    from tasks.core.settings import load_settings
+
+    settings = load_settings()
+    train = chain["train"]
+    trained = train.xcoms["train"]
+    run = mlflow.MlflowClient(settings.mlflow_tracking_uri).get_run(trained["run_id"])
+    assert trained["run_url"] == (
+        f"{settings.mlflow_ui_url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    )
+    assert chain["train"].xcoms["promotion_gate"]["run_url"] == trained["run_url"]
+    assert run.info.run_name == f"two_tower 2026-10-01..2026-10-08 {train.run_id}"
+    tags = run.data.tags
+    assert (tags["airflow.dag_id"], tags["airflow.run_id"], tags["airflow.task_id"]) == (
+        "recsys_train",
+        train.run_id,
+        "train",
+    )
+    assert int(tags["airflow.try_number"]) >= 1
+    assert (
+        tags["airflow.task_instance_url"]
+        .split("?")[0]
+        .endswith(f"/dags/recsys_train/runs/{quote(train.run_id)}/tasks/train")
+    )
+    assert tags["recsys.git_commit"]
+    version = get_version(settings, train.xcoms["register"])
+    assert version.tags["mlflow_run_id"] == trained["run_id"]
+    assert version.tags["airflow.task_id"] == "register"
+    assert version.tags["gate_decision"] == "promoted"

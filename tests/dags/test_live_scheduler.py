@@ -54,10 +54,18 @@ class LiveAirflow:
         self.env, self.home, self.log = env, home, log
 
     def cli(self, *args: str) -> str:
-        done = subprocess.run(
-            [str(Path(sys.executable).with_name("airflow")), *args],
-            env=self.env, capture_output=True, text=True, timeout=180, check=False,
-        )  # fmt: skip
+        # `airflow standalone` keeps its metadata on SQLite here, whose single writer lock a busy
+        # scheduler can hold past the CLI's busy timeout on a loaded 2-core machine: a CLI write
+        # that lost that race ("database is locked", rolled back) is tried again, anything else
+        # fails at once. (`make ui` runs Airflow on PostgreSQL and has no such race.)
+        for attempt in range(3):
+            done = subprocess.run(
+                [str(Path(sys.executable).with_name("airflow")), *args],
+                env=self.env, capture_output=True, text=True, timeout=180, check=False,
+            )  # fmt: skip
+            if done.returncode == 0 or "database is locked" not in done.stdout + done.stderr:
+                break
+            time.sleep(5 * (attempt + 1))
         assert done.returncode == 0, f"airflow {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
         return done.stdout
 

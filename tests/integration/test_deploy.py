@@ -175,3 +175,74 @@ def test_deploy_champion_follows_the_alias_and_rolls_back(settings, models, monk
     assert not list(model_base(settings).glob(".download-*"))
     del alias["champion"]
     assert deploy_champion(settings).reason == "no champion alias"
+
+
+def test_stale_temp_leftovers_are_cleaned_but_fresh_ones_kept(
+    settings, models, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Leftovers of interrupted deploys (another version's ``.tmp``, a download, the LIVE and
+    models.config temp files) go at the next deploy once untouched for STALE_TMP_S; one
+    being written right now (younger) stays."""
+    import time
+
+    deploy_saved_model(settings, 1, models["a"])
+    base = model_base(settings)
+    (base / "7.tmp" / "variables").mkdir(parents=True)
+    (base / "7.tmp" / "variables" / "part").write_bytes(b"x")
+    (base / ".download-8").mkdir()
+    (base / ".LIVE.tmp").write_text("{}")
+    (settings.serving_base_path / ".models.config.tmp").write_text("")
+    leftovers = {
+        "two_tower/.LIVE.tmp",
+        "two_tower/.download-8",
+        "two_tower/7.tmp",
+        ".models.config.tmp",
+    }
+
+    # Young (just written): an hour-old threshold keeps all of them.
+    assert deploy_mod.clean_stale_temp(settings, older_than_s=3600) == ()
+    assert (base / "7.tmp").exists() and (base / ".LIVE.tmp").exists()
+    # An hour later they are stale; the folder named in ``keep`` (a running deploy's source)
+    # is spared.
+    later = time.time() + 3600
+    spared = deploy_mod.clean_stale_temp(
+        settings, older_than_s=600, now=later, keep=(base / ".download-8",)
+    )
+    assert set(spared) == leftovers - {"two_tower/.download-8"}
+    assert (base / ".download-8").exists() and not (base / "7.tmp").exists()
+
+    # deploy_saved_model cleans them itself (threshold 0 here: everything is "old").
+    (base / "7.tmp").mkdir()
+    (base / ".LIVE.tmp").write_text("{}")
+    monkeypatch.setattr(deploy_mod, "STALE_TMP_S", 0.0)
+    result = deploy_saved_model(settings, 2, models["b"])
+    assert set(result.removed_temp) == {
+        "two_tower/.LIVE.tmp",
+        "two_tower/.download-8",
+        "two_tower/7.tmp",
+    }
+    assert sorted(p.name for p in base.iterdir()) == ["1", "2", "LIVE"]
+    assert live_version(settings) == 2
+
+
+def test_missing_live_version_dir_is_rewritten_and_reported_so(settings, models) -> None:  # type: ignore[no-untyped-def]
+    """LIVE says 1 but ``1/`` is gone: the deploy writes it again and verifies it, and says
+    so (rewritten, not skipped/reused/'already live')."""
+    import shutil
+
+    deploy_saved_model(settings, 1, models["a"])
+    shutil.rmtree(model_base(settings) / "1")
+    result = deploy_saved_model(settings, 1, models["a"])
+    assert (result.skipped, result.reused, result.reason) == (
+        False,
+        False,
+        "live version directory was missing: rewritten and verified",
+    )
+    assert result.rewritten
+    assert result.reason == "live version directory was missing: rewritten and verified"
+    assert result.verified_with == "in_process" and result.embedding_dim == 8
+    assert (model_base(settings) / "1" / "saved_model.pb").exists()
+    assert live_version(settings) == 1
+    # Now it is complete and live: a true no-op.
+    again = deploy_saved_model(settings, 1, models["a"])
+    assert (again.skipped, again.reused, again.rewritten) == (True, True, False)

@@ -59,3 +59,35 @@ def test_deploy_champion_follows_mlflow_alias_and_rollback(settings, tmp_path) -
     assert rolled.version == first and rolled.reused and not rolled.skipped
     assert live_version(settings) == first
     assert not list(model_base(settings).glob(".download-*"))
+
+
+def test_deploy_champion_rewrites_a_missing_live_version_and_says_so(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The live champion's directory was deleted: deploy_champion downloads it again and
+    reports a rewrite, not ``skipped: True, reused: True, reason: 'already live'``."""
+    import shutil
+
+    import mlflow
+
+    from model_registry.registry import set_champion
+
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
+    client.create_registered_model(settings.registered_model_name)
+    experiment = client.create_experiment(
+        "deploy-test", artifact_location=settings.mlflow_artifact_root
+    )
+    first = _register(
+        settings,
+        experiment,
+        export_hash_two_tower(tmp_path / "a", HashModelSpec(dim=8, buckets=101, seed=1)),
+    )
+    set_champion(settings, first, reason="test")
+    assert not deploy_champion(settings).skipped
+    shutil.rmtree(model_base(settings) / str(first))
+
+    result = deploy_champion(settings)
+    assert (result.version, result.skipped, result.reused) == (first, False, False)
+    assert result.rewritten
+    assert result.reason == "live version directory was missing: rewritten and verified"
+    assert (model_base(settings) / str(first) / "saved_model.pb").exists()
+    assert live_version(settings) == first
+    assert not list(model_base(settings).glob(".download-*"))

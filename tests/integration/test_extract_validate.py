@@ -388,3 +388,50 @@ def test_concurrent_validations_share_one_gx_context(settings, tmp_path: Path) -
     assert all(o.startswith("ok") and o.endswith("docs True") for o in outcomes), outcomes
     validate_interval(runs[3], DAY0, DAY0 + DAY, run_id="p", data_docs=False)
     assert _mirror(runs[0]) == _mirror(runs[1]) == _mirror(runs[2]) == _mirror(runs[3])
+
+
+def test_overlong_strings_quarantined_with_column_and_length(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A 10 MB ``username`` (mirror column ``String(255)``) is quarantined, not loaded; a
+    re-run after the fix picks the user up. SQLite only: a MariaDB replica's VARCHAR(255)
+    could not even hold the bad row."""
+    world = tiny_world()
+    world["users"][0]["username"] = "x" * 255  # exactly the limit: fine
+    world["users"][1]["username"] = "y" * 10_000_000  # 10 MB
+    world["users"][2]["username"] = "z" * 256  # one over
+    home = tmp_path / "long"
+    s = settings.replace(
+        home=home,
+        replica_url=f"sqlite:///{home / 'replica.db'}",
+        recsys_db_url=f"sqlite:///{home / 'recsys.db'}",
+    )
+    seed_replica(get_engine(s.replica_url), world)
+    start = DAY0
+    with pytest.raises(DataValidationError) as caught:
+        _run(s, start, DAY0 + DAY, "long1", data_docs=True)
+    assert "expect_column_value_lengths_to_be_between" in str(caught.value)
+    assert len(str(caught.value)) < 20_000  # the 10 MB value is not copied into the message
+    rows = {
+        q[1]: q
+        for q in _quarantine(s)
+        if q[2] == "expect_column_value_lengths_to_be_between:username"
+    }
+    assert set(rows) == {"user_id=2", "user_id=3"}
+    reason_2 = rows["user_id=2"][3]
+    assert "username longer than 255 characters" in reason_2
+    assert "has 10000000 characters" in reason_2
+    assert "has 256 characters" in rows["user_id=3"][3]
+    assert len(rows["user_id=2"][4]) < 5_000  # row_json is bounded
+    assert {r[0] for r in _mirror(s)["users"]} == {1, 4, 5}
+    assert ("x" * 255) in {r[1] for r in _mirror(s)["users"]}
+
+    # GX names the validation runs after the Airflow run and table, not "__none__"
+    runs = [p for p in s.gx_dir.rglob("*") if p.parent.parent.name == "validations"]
+    assert runs and all(p.name != "__none__" for p in runs)
+    assert {p.name for p in runs} >= {"long1__users", "long1__interactions"}
+
+    world["users"][1]["username"] = "user2"
+    world["users"][2]["username"] = "user3"
+    seed_replica(get_engine(s.replica_url), world)
+    assert _run(s, start, DAY0 + DAY, "long-fixed").success
+    assert {r[0] for r in _mirror(s)["users"]} == {1, 2, 3, 4, 5}
+    assert {q[-1] for q in _quarantine(s) if q[1] in ("user_id=2", "user_id=3")} == {"long-fixed"}

@@ -36,12 +36,23 @@ def test_train_register_gate_download_rollback(
         resolve_alias,
         rollback,
     )
+    from tasks.core.lineage import RunLineage
     from tasks.model.training.stage import TrainParams, train_two_tower
     from tasks.model.two_tower import to_tensors
 
-    settings = settings.replace(recsys_db_url=mariadb_database)
+    settings = settings.replace(
+        recsys_db_url=mariadb_database, mlflow_ui_url="http://mlflow.test:5000"
+    )
     counts = seed_recsys_db(settings.recsys_db_url)
-    result = train_two_tower(settings, START, END, params=TrainParams(**TINY))
+    lineage = RunLineage(
+        dag_id="recsys_train",
+        run_id="manual__2024-02-01T00:00:00+00:00",
+        task_id="train",
+        try_number=1,
+        ti_url="http://af.test/dags/recsys_train/runs/manual/tasks/train?try_number=1",
+        git_commit="abc123",
+    )
+    result = train_two_tower(settings, START, END, params=TrainParams(**TINY), lineage=lineage)
 
     # ---- the MLflow run: params, per-epoch curves, plot, feature config, baselines, model.
     client = mlflow.MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
@@ -52,6 +63,38 @@ def test_train_register_gate_download_rollback(
     assert len(client.get_metric_history(result.run_id, "train_loss")) == result.epochs_run
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"feature_config.json", "learning_curves.png", "saved_model"} <= artifacts
+
+    # ---- lineage, name, link, chart, dataset, experiment type (issue 13).
+    assert run.info.run_name == (
+        "two_tower 2024-01-01..2024-02-01 manual__2024-02-01T00:00:00+00:00"
+    )
+    assert result.run_name == run.info.run_name
+    assert {k: v for k, v in run.data.tags.items() if k.startswith(("airflow.", "recsys."))} == {
+        "airflow.dag_id": "recsys_train",
+        "airflow.run_id": "manual__2024-02-01T00:00:00+00:00",
+        "airflow.task_id": "train",
+        "airflow.try_number": "1",
+        "airflow.task_instance_url": lineage.ti_url,
+        "recsys.git_commit": "abc123",
+    }
+    assert result.run_url == (
+        f"http://mlflow.test:5000/#/experiments/{run.info.experiment_id}/runs/{result.run_id}"
+    )
+    assert result.as_dict()["run_url"] == result.run_url
+    assert "model_vs_baselines.png" in artifacts
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == (
+        "custom_model_development"
+    )
+    (dataset_input,) = run.inputs.dataset_inputs
+    dataset = dataset_input.dataset
+    assert [t.value for t in dataset_input.tags] == ["training"]
+    assert dataset.name == "samples 2024-01-01T00:00:00..2024-02-01T00:00:00"
+    assert dataset.source_type == "recsys_db"
+    source = json.loads(dataset.source)
+    assert source["table"] == "samples" and source["interval_end"] == END.isoformat()
+    profile = json.loads(dataset.profile)
+    assert profile["num_rows"] == counts["samples"] == 30 * (8 + 5)
+    assert (profile["positives"], profile["negatives"]) == (150, 240)
     assert {
         "HR_at_10",
         "NDCG_at_10",
@@ -101,12 +144,16 @@ def test_train_register_gate_download_rollback(
     assert again.run_id == result.run_id and again.reused
 
     # ---- register (idempotent), aliases, tags.
-    version = register_challenger(settings, result.run_id)
+    version = register_challenger(settings, result.run_id, lineage=lineage)
     assert register_challenger(settings, result.run_id) == version
     challenger = resolve_alias(settings, CHALLENGER)
     assert challenger is not None and challenger.version == version
     assert challenger.tags["data_interval_end"] == END.isoformat()
-    assert "metric.HR_at_10" in challenger.tags
+    # Clean version tags: lineage only (no copies of the run's metrics, issue 13).
+    assert not [k for k in challenger.tags if k.startswith("metric.")]
+    assert challenger.tags["mlflow_run_id"] == result.run_id
+    assert challenger.tags["data_interval_start"] == START.isoformat()
+    assert challenger.tags["airflow.run_id"] == lineage.run_id
     assert resolve_alias(settings, CHAMPION) is None
 
     # ---- gate: the real model is re-scored on the holdout and compared with MostPop.
@@ -117,6 +164,10 @@ def test_train_register_gate_download_rollback(
     assert decision.reference == "MostPop"
     assert decision.challenger_score == pytest.approx(result.metrics["HR@10"])
     assert decision.promoted == (decision.challenger_score > decision.reference_score)
+    assert decision.run_url == result.run_url
+    gate_tags = resolve_alias(settings, CHALLENGER).tags
+    assert gate_tags["gate_decision"] == ("promoted" if decision.promoted else "not promoted")
+    assert gate_tags["gate.challenger_score"] == f"{decision.challenger_score:.6f}"
     if not decision.promoted:  # force it so the rest of the flow runs either way
         assert cli.main(["promote", str(version), "--force"]) == 0
     assert resolve_alias(settings, CHAMPION).version == version
@@ -141,6 +192,8 @@ def test_train_register_gate_download_rollback(
         json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")
     ]
     assert {r["version"]: r["aliases"] for r in rows} == {version: [CHALLENGER], v2: [CHAMPION]}
+    # The CLI reads metrics from the run, now that versions do not copy them into tags.
+    assert rows[0]["metrics"]["HR_at_10"] == pytest.approx(result.metrics["HR@10"])
     assert rollback(settings) == version
     assert [r.version for r in list_versions(settings) if CHAMPION in r.aliases] == [version]
     assert cli.main(["rollback"]) == 2  # v1 has no earlier champion: a clear error, exit 2

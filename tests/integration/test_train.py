@@ -166,5 +166,12 @@ def test_inbatch_softmax_trains_on_positives_only_sqlite(settings) -> None:  # t
     run = mlflow.MlflowClient(settings.mlflow_tracking_uri).get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.data.params["loss"] == "inbatch_softmax"
     assert result.epochs_run == 1
+    # A named run (not MLflow's seeded random name: issue 13 item 5) with the baseline chart.
+    assert run.info.run_name == "two_tower 2024-01-01..2024-02-01 manual"
+    artifacts = {
+        a.path
+        for a in mlflow.MlflowClient(settings.mlflow_tracking_uri).list_artifacts(result.run_id)
+    }
+    assert "model_vs_baselines.png" in artifacts
     # The featurized-samples cache (epochs after the first read it) is removed afterwards.
     assert not list(settings.artifacts_dir.glob("train-cache-*"))

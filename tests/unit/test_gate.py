@@ -153,3 +153,45 @@ def test_rollback_after_a_hand_move_returns_to_the_recorded_champion(settings) -
     assert resolve_alias(settings, CHAMPION).version == v1
     with pytest.raises(RegistryError, match="no previous champion"):
         rollback(settings)
+
+
+def test_gate_tags_the_decision_scores_and_deciding_run_and_links_the_run(settings) -> None:  # type: ignore[no-untyped-def]
+    """Champion v1 scores 0.5, challenger v2 0.25: refused; the version keeps the decision,
+    the two compared scores and the Airflow run, and the decision links the MLflow run."""
+    from tasks.core.lineage import RunLineage
+
+    settings = settings.replace(mlflow_ui_url="http://mlflow.test:5000")
+    v1, v2 = make_versions(settings, 2)
+    scorer = scorer_from({v1: 0.5, v2: 0.25})
+    holdout = tiny_holdout()
+    assert promote_if_better(settings, v1, holdout=holdout, scorer=scorer).promoted
+    lineage = RunLineage(
+        dag_id="recsys_train",
+        run_id="manual__2024-02-01",
+        task_id="promotion_gate",
+        try_number=1,
+        ti_url="http://af.test/dags/recsys_train/runs/manual__2024-02-01/tasks/promotion_gate",
+    )
+    decision = promote_if_better(settings, v2, holdout=holdout, scorer=scorer, lineage=lineage)
+    assert not decision.promoted
+    tags = {r.version: r for r in list_versions(settings)}
+    ref = tags[v2]
+    assert {k: v for k, v in ref.tags.items() if k.startswith("gate")} == {
+        "gate_decision": "not promoted",
+        "gate_reason": "HR@10 0.2500 does not beat champion v1 0.5000 + margin 0 "
+        "on 12 holdout users",
+        "gate.metric": "HR@10",
+        "gate.challenger_score": "0.250000",
+        "gate.reference": f"champion v{v1}",
+        "gate.reference_score": "0.500000",
+        "gate.airflow_run_id": "manual__2024-02-01",
+        "gate.airflow_task_instance_url": lineage.ti_url,
+    }
+    assert tags[v1].tags["gate_decision"] == "promoted"
+    import mlflow
+
+    run = mlflow.MlflowClient(settings.mlflow_tracking_uri).get_run(ref.run_id)
+    assert decision.run_url == (
+        f"http://mlflow.test:5000/#/experiments/{run.info.experiment_id}/runs/{ref.run_id}"
+    )
+    assert decision.as_dict()["run_url"] == decision.run_url

@@ -25,7 +25,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,17 @@ TIME_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 DEFAULT_CHUNK_ROWS = 10_000
 
+#: Key/value facts about the data set in the replica, written with the four tables by
+#: :func:`write_business_frames` (``recsys-data load`` records the data set's earliest time
+#: there, since MovieLens predates ``RECSYS_SITE_LAUNCH``); read by
+#: :func:`read_replica_meta`. Not a business table: extraction never reads it.
+REPLICA_META = sa.Table(
+    "replica_meta",
+    sa.MetaData(),
+    sa.Column("meta_key", sa.String(64), primary_key=True),
+    sa.Column("meta_value", sa.String(255), nullable=False),
+)
+
 
 @dataclass
 class BusinessFrames:
@@ -63,6 +74,9 @@ class BusinessFrames:
     illusts: pd.DataFrame
     interactions: pd.DataFrame
     follows: pd.DataFrame
+    #: Facts about the data set that readers need (``replica_meta`` rows), e.g. the
+    #: ``data_launch`` bound validation reads; replacing the replica replaces them too.
+    meta: dict[str, str] = field(default_factory=dict)
 
     def frame(self, table_name: str) -> pd.DataFrame:
         """The frame of ``table_name`` (one of ``TABLE_ORDER``)."""
@@ -196,6 +210,8 @@ def _write_sqlite_replace(frames: BusinessFrames, url: sa.URL, chunk_rows: int) 
             for name in TABLE_ORDER:
                 written = _bulk_insert(conn, BUSINESS_TABLES[name], frames.frame(name), chunk_rows)
                 log.info("%s: %d rows written to %s", name, written, tmp_path.name)
+            if frames.meta:  # a fresh file: no table means no meta
+                _write_meta(conn, REPLICA_META, frames.meta)
         with engine.connect() as conn:
             counts = {name: _count_rows(conn, BUSINESS_TABLES[name]) for name in TABLE_ORDER}
         _check_counts(counts, expected, str(tmp_path))
@@ -319,21 +335,32 @@ def _write_mysql_replace(
                     index.create(conn)
             counts = {name: _count_rows(conn, new_tables[name]) for name in TABLE_ORDER}
         _check_counts(counts, expected, "new tables")
+        # replica_meta is swapped with the tables when there is meta to write or old meta to
+        # replace; a replica that never had meta keeps exactly the four business tables.
+        meta_new = _new_table(REPLICA_META, REPLICA_META.name + suffix)
+        with engine.begin() as conn:
+            with_meta = bool(frames.meta) or sa.inspect(conn).has_table(REPLICA_META.name)
+            if with_meta:
+                REPLICA_META.create(conn, checkfirst=True)
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS `{meta_new.name}`")
+                _write_meta(conn, meta_new, frames.meta)
+        swapped = (*TABLE_ORDER, REPLICA_META.name) if with_meta else TABLE_ORDER
         renames = []
-        for name in TABLE_ORDER:
+        for name in swapped:
             renames.append(f"`{name}` TO `{name}__old`")
             renames.append(f"`{name}{suffix}` TO `{name}`")
         with engine.begin() as conn:
-            for name in TABLE_ORDER:
+            for name in swapped:
                 conn.exec_driver_sql(f"DROP TABLE IF EXISTS `{name}__old`")
             conn.exec_driver_sql("RENAME TABLE " + ", ".join(renames))
-            for name in TABLE_ORDER:
+            for name in swapped:
                 conn.exec_driver_sql(f"DROP TABLE IF EXISTS `{name}__old`")
     except BaseException:
         try:
             with engine.begin() as conn:
                 for table in new_tables.values():
                     conn.exec_driver_sql(f"DROP TABLE IF EXISTS `{table.name}`")
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS `{REPLICA_META.name}{suffix}`")
         except Exception:  # keep the original error; staging tables are dropped next run
             log.exception("could not drop staging tables %s", [t.name for t in new_tables.values()])
         raise
@@ -395,6 +422,28 @@ def write_business_frames(
     if backend == "sqlite":
         return _write_sqlite_replace(frames, url, chunk_rows)
     return _write_mysql_replace(frames, replica_url, chunk_rows, load_data=load_data)
+
+
+def _write_meta(conn: sa.Connection, table: sa.Table, meta: dict[str, str]) -> None:
+    """Create ``table`` (a ``replica_meta`` copy) if needed and fill it with ``meta``."""
+    table.create(conn, checkfirst=True)
+    if meta:
+        conn.execute(
+            table.insert(), [{"meta_key": k, "meta_value": str(v)} for k, v in meta.items()]
+        )
+
+
+def read_replica_meta(replica_url: str) -> dict[str, str]:
+    """The replica's ``replica_meta`` rows as a dict; empty when the table does not exist
+    (a replica written before it existed, or by another tool)."""
+    from tasks.core.db import get_engine
+
+    engine = get_engine(replica_url)
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table(REPLICA_META.name):
+            return {}
+        rows = conn.execute(sa.select(REPLICA_META.c.meta_key, REPLICA_META.c.meta_value))
+        return {str(k): str(v) for k, v in rows}
 
 
 def read_business_counts(replica_url: str) -> dict[str, int]:

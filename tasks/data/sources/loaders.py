@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.core.common import get_logger
-from tasks.data.sources.frames import BusinessFrames, empty_frame
+from tasks.data.sources.frames import TIME_COLUMNS, BusinessFrames, empty_frame
 
 log = get_logger("loaders")
 
@@ -271,8 +271,25 @@ def _assemble(
         users=users, illusts=illusts, interactions=interactions, follows=empty_frame("follows")
     )
     frames.validate_columns()
-    log.info("loaded %s", frames.summary())
+    frames.meta = dataset_meta(frames)
+    log.info("loaded %s; %s", frames.summary(), frames.meta)
     return frames
+
+
+def dataset_meta(frames: BusinessFrames) -> dict[str, str]:
+    """What validation needs to know about a loaded data set: ``data_launch``, its earliest
+    time over every time column (MovieLens predates the site launch date, so validation's
+    "nothing before launch" bound comes from the data set itself)."""
+    earliest = [
+        frames.frame(name)[column].min()
+        for name, columns in TIME_COLUMNS.items()
+        for column in columns
+        if len(frames.frame(name))
+    ]
+    earliest = [t for t in earliest if not pd.isna(t)]
+    if not earliest:
+        return {}
+    return {"data_launch": min(earliest).to_pydatetime().isoformat()}
 
 
 def read_movielens_100k(path: str | Path) -> BusinessFrames:

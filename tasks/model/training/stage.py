@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from tasks.core.common import StageResult, check_interval, get_logger
+from tasks.core.lineage import RunLineage, run_name
 from tasks.core.settings import Settings
 from tasks.model.evaluate import evaluate_baselines, leave_last_positive_split
 from tasks.model.features import (
@@ -37,11 +38,14 @@ from tasks.model.training.examples import SampleStream, read_training_inputs
 from tasks.model.training.loop import fit_model
 from tasks.model.training.tracking import (
     experiment_id,
+    log_baseline_chart,
     log_curves,
     log_pyfunc,
+    log_training_dataset,
     metric_from_mlflow,
     mlflow_metric_name,
     reusable_run,
+    run_url,
 )
 
 __all__ = [  # the stage's public face: what the DAG, tests and benches import from here
@@ -57,7 +61,8 @@ log = get_logger("train")
 
 @dataclass(frozen=True)
 class TrainResult(StageResult):
-    """One training run: its MLflow run and export, metrics vs baselines, example counts."""
+    """One training run: its MLflow run (and its page in the MLflow UI) and export, metrics
+    vs baselines, example counts."""
 
     run_id: str
     export_dir: str
@@ -69,6 +74,8 @@ class TrainResult(StageResult):
     interval_start: datetime
     interval_end: datetime
     reused: bool = False
+    run_url: str = ""
+    run_name: str = ""
 
 
 def train_two_tower(
@@ -77,10 +84,13 @@ def train_two_tower(
     interval_end: datetime | str,
     *,
     params: TrainParams | None = None,
+    lineage: RunLineage | None = None,
 ) -> TrainResult:
     """Train on samples known by ``interval_end``, evaluate vs baselines, log to MLflow.
 
-    Idempotent: a finished run for the same interval and params is returned as is.
+    The run is named after the model, interval and DAG run, and carries ``lineage``'s tags
+    (Airflow dag/run/task/try, task-instance link, git commit) when given. Idempotent: a
+    finished run for the same interval and params is returned as is.
     """
     import mlflow
 
@@ -97,12 +107,14 @@ def train_two_tower(
     previous = reusable_run(settings, tags)
     if previous is not None:
         log.info("reusing finished run %s for %s", previous.info.run_id, tags)
-        return _result_from_run(previous, start, end)
+        reused = _result_from_run(previous, start, end, settings)
+        log.info("MLflow run: %s", reused.run_url)
+        return reused
 
     settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(tempfile.mkdtemp(prefix="train-cache-", dir=settings.artifacts_dir))
     try:
-        return _train(settings, start, end, params, config, tags, cache_dir)
+        return _train(settings, start, end, params, config, tags, cache_dir, lineage)
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
 
@@ -115,6 +127,7 @@ def _train(
     config: list[FeatureSpec],
     tags: dict[str, str],
     cache_dir: Path,
+    lineage: RunLineage | None = None,
 ) -> TrainResult:
     """The body of :func:`train_two_tower`; ``cache_dir`` holds the featurized samples."""
     import keras
@@ -161,13 +174,26 @@ def _train(
         ModelParams(dim=params.dim, hidden=params.hidden, dropout=params.dropout, l2=params.l2),
     )
     run_experiment = experiment_id(settings)
-    with mlflow.start_run(experiment_id=run_experiment, tags=tags) as run:
+    title = run_name("two_tower", start, end, lineage)
+    run_tags = {**tags, **(lineage.as_tags() if lineage is not None else {})}
+    with mlflow.start_run(experiment_id=run_experiment, run_name=title, tags=run_tags) as run:
         run_id = run.info.run_id
+        url = run_url(settings, run_experiment, run_id)
+        log.info("MLflow run %r: %s", title, url)
         mlflow.log_params(params.as_mlflow_params())
         mlflow.log_params(
             {"samples_positives": counts["positives"], "samples_negatives": counts["negatives"]}
         )
         mlflow.log_text(config_to_json(config, stats), "feature_config.json")
+        log_training_dataset(
+            settings,
+            start,
+            end,
+            counts,
+            n_interactions=len(interactions),
+            n_items=len(catalogue.ids),
+            fingerprint=params.fingerprint(),
+        )
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)}, step=epoch)
@@ -192,6 +218,7 @@ def _train(
         mlflow.log_metrics({mlflow_metric_name(k): v for k, v in metrics.items()})
         for name, values in baselines.items():
             mlflow.log_metrics({f"{name}.{mlflow_metric_name(k)}": v for k, v in values.items()})
+        log_baseline_chart(metrics, baselines)
         mlflow.log_metrics(
             {
                 "n_train": fit.n_train,
@@ -218,14 +245,19 @@ def _train(
         epochs_run=len(fit.train_loss),
         interval_start=start,
         interval_end=end,
+        run_url=url,
+        run_name=title,
     )
     log.info(
         "trained run %s: %s (baselines %s), exported %s", run_id, metrics, baselines, export_dir
     )
+    log.info("MLflow run: %s", url)
     return result
 
 
-def _result_from_run(run: Any, start: datetime, end: datetime) -> TrainResult:
+def _result_from_run(
+    run: Any, start: datetime, end: datetime, settings: Settings | None = None
+) -> TrainResult:
     """The result of a finished run found by :func:`reusable_run` (``reused=True``)."""
     data = {metric_from_mlflow(k): v for k, v in run.data.metrics.items()}
     metrics = {k: v for k, v in data.items() if k.startswith(("HR@", "NDCG@"))}
@@ -246,6 +278,8 @@ def _result_from_run(run: Any, start: datetime, end: datetime) -> TrainResult:
         interval_start=start,
         interval_end=end,
         reused=True,
+        run_url=run_url(settings, run.info.experiment_id, run.info.run_id) if settings else "",
+        run_name=run.info.run_name or "",
     )
 
 

@@ -1,0 +1,72 @@
+"""The ranker's knobs and their defaults, in one frozen dataclass (standard library only)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from tasks.model.constants import HISTORY_LEN
+
+
+@dataclass(frozen=True)
+class RankerParams:
+    """Training and architecture knobs of the DCN-V2 ranker.
+
+    ``cross_layers`` FeatureCross layers (low-rank when ``projection_dim`` is set) run in
+    parallel with a deep MLP of ``deep_layers`` units; both read the same embedded input.
+    ``val_share``: the latest share of the interval's rows (by request time) is validation.
+    """
+
+    epochs: int = 5
+    batch_size: int = 256
+    learning_rate: float = 0.003
+    dim: int = 16
+    hash_bins: int = 10_000
+    history_len: int = HISTORY_LEN
+    tag_history_len: int = 50
+    cross_layers: int = 2
+    projection_dim: int | None = None
+    diag_scale: float = 0.0
+    deep_layers: tuple[int, ...] = (64, 32)
+    dropout: float = 0.1
+    l2: float = 0.0
+    val_share: float = 0.2
+    patience: int = 2
+    seed: int = 42
+    ks: tuple[int, ...] = (10,)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "dim", "history_len", "tag_history_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.cross_layers < 0:
+            raise ValueError(f"cross_layers must be >= 0, got {self.cross_layers!r}")
+        if self.projection_dim is not None and self.projection_dim < 1:
+            raise ValueError(f"projection_dim must be None or >= 1, got {self.projection_dim!r}")
+        if self.diag_scale < 0:
+            raise ValueError(f"diag_scale must be >= 0, got {self.diag_scale!r}")
+        if any(u < 1 for u in self.deep_layers):
+            raise ValueError(f"deep_layers must be positive, got {self.deep_layers!r}")
+        if not 0.0 < self.val_share < 0.5:
+            raise ValueError(f"val_share must be in (0, 0.5), got {self.val_share!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+    def as_mlflow_params(self) -> dict[str, Any]:
+        return {
+            k: (",".join(map(str, v)) if isinstance(v, tuple) else v)
+            for k, v in dataclasses.asdict(self).items()
+        }
+
+    def fingerprint(self) -> str:
+        """Short hash of every knob (tags the MLflow run)."""
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(("ranker" + text).encode()).hexdigest()[:16]
+
+
+RANKER_DEFAULTS = RankerParams()
