@@ -28,7 +28,6 @@ best baseline HR@10, ``target`` 1.0, ``ratio_two_tower`` = two_tower HR@10 / EAS
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -121,24 +120,11 @@ def write_train_part(src: Path, fmt: str, train: pd.DataFrame, dst: Path) -> Pat
     return dst
 
 
-@contextlib.contextmanager
-def _quiet_fds(path: Path):  # type: ignore[no-untyped-def]
-    """Send fd 1 and 2 (Airflow's and TensorFlow's chatter) to ``path``."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with path.open("a") as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
+def _quiet_fds(path: Path) -> Any:
+    """Send fd 1 and 2 (Airflow's and TensorFlow's chatter) to ``path``, appending."""
+    from tests.doubles.dagrun import fds_to
+
+    return fds_to(path, append=True)
 
 
 def _run_dag(dag_id: str, log_path: Path, **kwargs: Any) -> Any:

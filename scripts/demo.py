@@ -10,11 +10,9 @@ to ``var/demo-logs/<dag>.log``; this script prints what each stage produced.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
 import time
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -22,25 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-@contextlib.contextmanager
-def _output_to(path: Path) -> Iterator[None]:
-    """Send fd 1 and 2 (Airflow's and TensorFlow's chatter) to ``path`` for a while."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with path.open("w") as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
+def _output_to(path: Path) -> AbstractContextManager[None]:
+    """Send fd 1 and 2 to ``path`` for a while (the harness's ``fds_to``)."""
+    from tests.doubles.dagrun import fds_to
+
+    return fds_to(path)
 
 
 def _say(message: str) -> None:

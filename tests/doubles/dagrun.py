@@ -246,3 +246,26 @@ def run_dag(
             task_states={ti.task_id: str(ti.state) for ti in tis},
             xcoms={row.task_id: row.value for row in rows},
         )
+
+
+@contextmanager
+def fds_to(path: Path, *, append: bool = False) -> Iterator[None]:
+    """Send fd 1 and 2 (Airflow's and TensorFlow's C-level chatter) to ``path`` for a while."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with path.open("a" if append else "w") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
