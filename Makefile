@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 PY := .venv/bin/python
 
-.PHONY: demo test test-fast bench lint setup services airflow-db ui ui-down
+.PHONY: demo test test-fast test-system bench lint setup services airflow-db ui ui-down stack stack-down
 
 setup:
 	bash scripts/bootstrap.sh
@@ -44,3 +44,21 @@ ui: setup services
 
 ui-down: setup
 	$(ENV) $(PY) scripts/ui.py down
+
+## The production topology natively (scripts/stack.py; README "The production topology"):
+## MariaDB primary + read_only replica, PostgreSQL, Redis, Milvus Lite server, MLflow server,
+## the TF-Serving stand-in, Airflow 3 with CeleryExecutor and two workers, the API (2 workers).
+stack: setup services
+	$(ENV) $(PY) scripts/stack.py up
+
+stack-down: setup
+	$(ENV) $(PY) scripts/stack.py down
+
+## System tests on a fresh stack (tests/system): clean, up, pytest -m system, always down.
+## test_pipeline.py first: it trains and deploys the model the other system tests need.
+test-system: setup services
+	@mkdir -p var
+	$(ENV) $(PY) scripts/stack.py clean
+	$(ENV) trap '$(PY) scripts/stack.py down' EXIT; \
+	  $(PY) scripts/stack.py up && \
+	  $(PY) -m pytest -m system tests/system/test_pipeline.py tests/system $(PYTEST_ARGS)

@@ -6,12 +6,18 @@
 Recommend: a fresh precomputed list (``<ns>:topn:<uid>``) if present -> else the user's vector
 (KV, or the user tower over their history when it is missing) -> ANN on the Milvus collection
 the live KV namespace was built with (so one KV pointer switch moves both stores) plus the
-hot, followed-artists'-new-works and item-CF channels, merged round-robin by channel head ->
-drop seen items -> optional DPP re-rank -> ids with score and channel.
+hot, followed-artists'-new-works and item-CF channels, merged round-robin by channel head
+into a pool (minus seen items) -> when a ranker is deployed, ONE batched ranker call over a
+pool of ~200 (``tasks.serving.ranking``: the training feature code, the candidates' recall
+evidence) sorts the pool by P(bookmark) -> top-k -> optional DPP re-rank (quality = the
+ranker's scores) -> ids with score and channel. ``ranked`` says whether the ranker ordered the
+list (precomputed lists: whether precompute ranked them).
 
 It degrades instead of failing: Milvus down -> the other channels; KV down or unknown user
 -> the hot list (a copy of the last one read is kept in memory as the final fallback);
-model down -> precomputed or hot. Bad input is a 422 ``{"error": ..., "request_id": ...}``
+model down -> precomputed or hot; ranker down, erroring or slow (tight timeout), or its
+features unavailable -> today's round-robin order with ``ranker`` / ``ranker_features`` in
+``degraded`` (no ranker deployed is not degraded: ``ranked`` is false). Bad input is a 422 ``{"error": ..., "request_id": ...}``
 naming the value (ids are positive int64). Long-lived clients (KV, MilvusClient, model) are
 created once at startup in ``app.state``; the live collection is loaded then and whenever the
 live namespace (or the ``items`` alias it falls back to) names another one, since a collection
@@ -26,6 +32,7 @@ Swagger UI from the pinned ``swagger-ui-bundle-v2`` package (Swagger UI 5: rende
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import threading
@@ -50,7 +57,7 @@ from tasks.core.settings import Settings, load_settings
 log = get_logger("api")
 
 MAX_K = 200
-I2I_SEEDS = 5
+CORE_PARTS = ("kv", "milvus", "model")
 NAMESPACE_TTL_S = 1.0
 INT64_MAX = 2**63 - 1
 LOG_EVERY_S = 10.0
@@ -63,7 +70,10 @@ class Item(BaseModel):
     """One recommended illust."""
 
     illust_id: int = Field(description="the illust's id")
-    score: float = Field(description="the channel's score (higher is better)")
+    score: float = Field(
+        description="the ranker's P(bookmark) when the list is ranked, else the channel's "
+        "score (higher is better)"
+    )
     channel: str = Field(description="where it came from: precomputed, ann, i2i, follow_new or hot")
 
 
@@ -73,7 +83,15 @@ class _Answer(BaseModel):
     )
     items: list[Item]
     degraded: list[str] = Field(
-        description="dependencies that failed and were worked around (e.g. milvus, kv, model)"
+        description="dependencies that failed and were worked around: kv, milvus, model "
+        "(user tower), kv_i2i, dpp, ranker (the ranker call failed, timed out or answered "
+        "nonsense: round-robin order), ranker_features (the ranker's features could not be "
+        "built: round-robin order), unknown_user, no_namespace, internal"
+    )
+    ranked: bool = Field(
+        False,
+        description="true when the ranker ordered the list (realtime: this request's ranker "
+        "call; precomputed: the precompute ranked it); false = round-robin order or a fallback",
     )
     request_id: str = Field(description="also sent as the X-Request-ID header")
 
@@ -105,6 +123,11 @@ class HealthResponse(BaseModel):
     kv: bool = Field(description="the live namespace's pointer and meta can be read")
     milvus: bool = Field(description="a search on the live collection answers")
     model: bool = Field(description="the live model's user tower answers")
+    ranker: bool | None = Field(
+        None,
+        description="the live ranker answers a one-row call (absent when none is deployed); "
+        "informational: a ranker failure degrades lists, it does not fail readiness",
+    )
     failing: dict[str, str] | None = Field(None, description="why each failing part failed")
 
 
@@ -217,6 +240,7 @@ class NamespaceView:
     topn_fresh: bool
     hot: list[tuple[int, float]]
     read_at: float
+    topn_ranked: bool = False
 
 
 @dataclass
@@ -233,6 +257,13 @@ class ServingState:
     view: NamespaceView | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     loaded: set[str] = field(default_factory=set)
+    ranking: bool = True  # False: never rank (the bench's served_no_ranker)
+    ranker: Any = None
+    ranker_version: int | None = None
+    ranker_history: tuple[int, int] = (0, 0)
+    features: Any = None  # tasks.serving.ranking.RankingFeatures of the live namespace
+    features_failed: str | None = None  # the namespace whose features could not be built
+    rank_lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- startup ------------------------------------------------------------------------
     def open(self) -> None:
@@ -250,6 +281,7 @@ class ServingState:
         except Exception as exc:
             log.warning("Milvus unavailable at startup: %s", exc)
         self.load_model()
+        self.load_ranker()
         try:
             self.namespace()
         except Exception as exc:
@@ -310,6 +342,86 @@ class ServingState:
             log.warning("model unavailable: %s", exc)
             self.model = None
 
+    def load_ranker(self) -> None:
+        """The live ranker (TF-Serving REST if configured, else in process), if deployed."""
+        if not self.ranking:
+            return
+        from tasks.model.features import HISTORY_LEN
+        from tasks.serving.ranking import open_ranker, ranker_history_len
+
+        try:
+            ranker, model_dir = open_ranker(self.settings)
+        except Exception as exc:
+            log.warning("ranker unavailable: %s", exc)
+            ranker, model_dir = None, None
+        self.ranker = ranker
+        self.ranker_version = None if ranker is None else ranker.version
+        self.ranker_history = ranker_history_len(model_dir, HISTORY_LEN)
+        self.features = None
+        self.features_failed = None
+
+    def check_model(self) -> None:
+        """Follow the two-tower's ``LIVE`` pointer (a deploy or rollback): reload on a change.
+
+        An API started before the first deploy picks the model up without a restart.
+        """
+        from tasks.serving.deploy import live_version
+
+        try:
+            version = live_version(self.settings)
+        except Exception as exc:
+            log.warning("could not read the model's live version: %s", exc)
+            return
+        if version != self.model_version:
+            log.info("model live version %s -> %s: reloading", self.model_version, version)
+            self.load_model()
+
+    def check_ranker(self) -> None:
+        """Follow the ranker's ``LIVE`` pointer (a deploy or rollback): reload on a change."""
+        if not self.ranking:
+            return
+        from tasks.serving.ranking import live_ranker
+
+        try:
+            version, _ = live_ranker(self.settings)
+        except Exception as exc:
+            log.warning("could not read the ranker's live version: %s", exc)
+            return
+        if version != self.ranker_version:
+            log.info("ranker live version %s -> %s: reloading", self.ranker_version, version)
+            self.load_ranker()
+
+    def ranking_features(self, view: NamespaceView) -> Any:
+        """The ranker's feature source for ``view``'s namespace (built once per namespace).
+
+        None when it cannot be built (the recsys DB down, no ``data_as_of``); retried when the
+        namespace changes.
+        """
+        from tasks.serving.ranking import RankingFeatures
+
+        features = self.features
+        if features is not None and features.namespace == view.name:
+            return features
+        if self.features_failed == view.name:
+            return None
+        with self.rank_lock:
+            if self.features is not None and self.features.namespace == view.name:
+                return self.features
+            try:
+                history_len, tag_history_len = self.ranker_history
+                self.features = RankingFeatures.from_mirror(
+                    self.settings,
+                    str((view.meta or {})["data_as_of"]),
+                    history_len=history_len,
+                    tag_history_len=tag_history_len,
+                    namespace=view.name,
+                )
+                self.features_failed = None
+            except Exception as exc:
+                log.warning("ranking features for %s failed: %s", view.name, exc, exc_info=True)
+                self.features, self.features_failed = None, view.name
+            return self.features
+
     def close(self) -> None:
         for client in (self.kv, self.milvus):
             try:
@@ -337,15 +449,20 @@ class ServingState:
             raise ConnectionError("KV store is not available")
         name = current_namespace(self.kv)
         meta = namespace_meta(self.kv, name) if name else None
-        topn_fresh = False
+        topn_fresh = topn_ranked = False
         hot: list[tuple[int, float]] = []
         if name and meta:
             raw_topn, raw_hot = self.kv.mget([topn_meta_key(name), hot_key(name)])
             hot = decode_scored(raw_hot)
             topn_fresh = topn_is_fresh(meta, raw_topn, self.precompute_max_age)
+            topn_ranked = bool(raw_topn and json.loads(raw_topn).get("ranker_version"))
         if hot:
             self.last_hot = hot
-        view = NamespaceView(name, meta, topn_fresh, hot or self.last_hot, time.monotonic())
+        view = NamespaceView(
+            name, meta, topn_fresh, hot or self.last_hot, time.monotonic(), topn_ranked
+        )
+        self.check_model()
+        self.check_ranker()
         self.ensure_collection(view)
         self.view = view
         return view
@@ -430,11 +547,14 @@ def recommend_for(
         topn_key,
         user_vec_key,
     )
+    from tasks.serving.ranking import RANK_POOL, build_pool, rank_pool
     from tasks.serving.recall import (
+        I2I_SEEDS,
         combine_neighbors,
         decode_ids,
         decode_scored,
         decode_vector,
+        follow_new_scored,
         merge_round_robin,
     )
 
@@ -463,6 +583,7 @@ def recommend_for(
                     "items": _items(picked),
                     "degraded": degraded,
                     "namespace": ns,
+                    "ranked": view.topn_ranked,
                 }
         raw_vec, raw_seen, raw_hist, raw_follow = state.kv.mget(
             [
@@ -500,10 +621,13 @@ def recommend_for(
         return _hot_answer(state, k, seen, degraded + ["unknown_user"], namespace=ns)
 
     pool = k * 3 if dpp else k
+    # With a ranker: a pool of ~RANK_POOL from all channels for one batched call; without,
+    # today's round-robin pool (what the fallback serves, too).
+    fetch = max(RANK_POOL, pool) if state.ranker is not None else pool
     channels: list[tuple[str, list[tuple[int, float]]]] = []
     if vector is not None:
         try:
-            limit = min(pool + len(seen), 16_384)
+            limit = min(fetch + len(seen), 16_384)
             channels.append(("ann", _ann(state, _collection(view), vector, limit)))
         except Exception as exc:
             log.warning("ANN failed for user %s: %s", user_id, exc, exc_info=True)
@@ -512,23 +636,34 @@ def recommend_for(
         try:
             raw_i2i = state.kv.mget([i2i_key(ns, i) for i in history[:I2I_SEEDS]])
             channels.append(
-                ("i2i", combine_neighbors((decode_scored(r) for r in raw_i2i), n=pool + len(seen)))
+                ("i2i", combine_neighbors((decode_scored(r) for r in raw_i2i), n=fetch + len(seen)))
             )
         except Exception as exc:
             log.warning("i2i read failed for user %s: %s", user_id, exc)
             degraded.append("kv_i2i")
     follow = decode_ids(raw_follow)
     if follow:
-        channels.append(("follow_new", [(i, 1.0 / (r + 1)) for r, i in enumerate(follow)]))
+        channels.append(("follow_new", follow_new_scored(follow)))
     channels.append(("hot", view.hot))
-    candidates = merge_round_robin(channels, pool, exclude=seen)
+    ranked = rank_pool(
+        build_pool(user_id, channels, fetch, exclude=seen),
+        ranker=state.ranker,
+        features=state.ranking_features(view) if state.ranker is not None else None,
+    )
+    degraded.extend(ranked.degraded)
+    candidates = ranked.candidates[:pool]
 
     if dpp and len(candidates) > 1:
         try:
             vectors = _item_vectors(state, _collection(view), [c.illust_id for c in candidates])
             usable = [c for c in candidates if c.illust_id in vectors]
             mat = np.stack([vectors[c.illust_id] for c in usable])
-            quality = mat @ vector if vector is not None else np.array([c.score for c in usable])
+            if ranked.ranked:  # the ranker's P(bookmark) is the quality
+                quality = np.array([c.score for c in usable])
+            elif vector is not None:
+                quality = mat @ vector
+            else:
+                quality = np.array([c.score for c in usable])
             order = dpp_rerank(quality, mat, k, theta=theta, window=window)
             candidates = [usable[i] for i in order]
         except Exception as exc:
@@ -539,6 +674,7 @@ def recommend_for(
         "items": _items(candidates[:k]),
         "degraded": degraded,
         "namespace": ns,
+        "ranked": ranked.ranked,
     }
 
 
@@ -589,7 +725,8 @@ def readiness(state: ServingState) -> tuple[dict[str, bool], dict[str, str]]:
     """Check each part the way requests use it; returns (part -> ok, part -> why it failed).
 
     kv: the live pointer and its namespace's meta read back; milvus: a one-row search on the
-    collection that namespace names (the alias' when KV is down); model: a user-tower call.
+    collection that namespace names (the alias' when KV is down); model: a user-tower call;
+    ranker (only when one is deployed, not part of readiness): a one-row ``rank`` call.
     """
     from tasks.serving.namespace import current_namespace, namespace_meta
 
@@ -629,7 +766,15 @@ def readiness(state: ServingState) -> tuple[dict[str, bool], dict[str, str]]:
             raise ValueError("user tower returned non-finite values")
     except Exception as exc:
         failing["model"] = f"{type(exc).__name__}: {exc}"
-    checks = {part: part not in failing for part in ("kv", "milvus", "model")}
+    checks: dict[str, bool] = {part: part not in failing for part in CORE_PARTS}
+    if state.ranker is not None:  # informational: a ranker failure only degrades lists
+        from tasks.model.ranker.saved import sample_rank_inputs
+
+        try:
+            state.ranker.rank(sample_rank_inputs(1))
+        except Exception as exc:
+            failing["ranker"] = f"{type(exc).__name__}: {exc}"
+        checks["ranker"] = "ranker" not in failing
     return checks, failing
 
 
@@ -668,8 +813,14 @@ def _add_offline_docs(app: FastAPI) -> None:
         )
 
 
-def create_app(settings: Settings | None = None, *, max_k: int = MAX_K) -> FastAPI:
-    """Build the API; clients open in the lifespan (use TestClient as a context manager)."""
+def create_app(
+    settings: Settings | None = None, *, max_k: int = MAX_K, ranking: bool = True
+) -> FastAPI:
+    """Build the API; clients open in the lifespan (use TestClient as a context manager).
+
+    ``ranking=False`` never loads the ranker: today's round-robin lists (a benchmark's
+    ``served_no_ranker``), with nothing flagged.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -677,12 +828,13 @@ def create_app(settings: Settings | None = None, *, max_k: int = MAX_K) -> FastA
         targets = _rate_limited_loggers()
         for target in targets:
             target.addFilter(limiter)
-        state = ServingState(settings or load_settings())
+        state = ServingState(settings or load_settings(), ranking=ranking)
         state.open()
         app.state.serving = state
         log.info(
-            "API up: model v%s, KV %s, Milvus %s, loaded %s",
+            "API up: model v%s, ranker v%s, KV %s, Milvus %s, loaded %s",
             state.model_version,
+            state.ranker_version,
             "up" if state.kv else "down",
             "up" if state.milvus else "down",
             sorted(state.loaded),
@@ -761,16 +913,18 @@ def create_app(settings: Settings | None = None, *, max_k: int = MAX_K) -> FastA
         responses={503: {"model": HealthResponse, "description": "a part requests need is down"}},
     )
     def healthz(request: Request) -> JSONResponse:
-        """Readiness: 200 when requests can be served fully, else 503 naming what failed."""
+        """Readiness: 200 when requests can be served (KV, Milvus, model), else 503 naming
+        what failed; a failing ranker shows as ``ranker: false`` with status ``degraded``."""
         state = serving(request)
         with contextlib.suppress(Exception):  # readiness below names a KV failure
             state.namespace()  # (re)loads the live collection if needed
         checks, failing = readiness(state)
+        down = any(part in failing for part in CORE_PARTS)
         body = HealthResponse(
             status="degraded" if failing else "ok", failing=failing or None, **checks
         )
         return JSONResponse(
-            status_code=503 if failing else 200, content=body.model_dump(exclude_none=True)
+            status_code=503 if down else 200, content=body.model_dump(exclude_none=True)
         )
 
     @app.get("/version")
@@ -780,6 +934,7 @@ def create_app(settings: Settings | None = None, *, max_k: int = MAX_K) -> FastA
         state = serving(request)
         out: dict[str, Any] = {
             "model_version": state.model_version,
+            "ranker_version": state.ranker_version,
             "collection": None,
             "kv_namespace": None,
             "items_alias_target": None,

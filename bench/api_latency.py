@@ -1,20 +1,26 @@
 """Bench: online API latency with wrk on loopback vs the same lookups called directly.
 
 Prepares a small dataset in a temporary RECSYS_HOME (generator -> mirror tables -> fixture
-two-tower SavedModel, dim 64 -> deploy -> refresh (flushed, indexed, loaded Milvus Lite
-collection behind alias ``items``) -> precompute top-N for recently active users), then runs
-uvicorn with the app on 127.0.0.1 (in this process: Milvus Lite serves one process) and loads
-it with ``wrk`` (installed with apt-get if missing), one connection, for:
+two-tower SavedModel, dim 64 -> deploy; a small real DCN-V2 ranker trained on the same data
+(tests/doubles/fixture_ranker.py) -> deployed as model ``ranker`` -> refresh (flushed, indexed,
+loaded Milvus Lite collection behind alias ``items``) -> precompute top-N for recently active
+users), then runs uvicorn with the app on 127.0.0.1 (in this process: Milvus Lite serves one
+process) and loads it with ``wrk`` (installed with apt-get if missing), one connection, for:
 
-* the real-time path: users without a precomputed list (user vector -> ANN + channels);
+* the real-time path with ranking: users without a precomputed list (user vector -> ANN +
+  channels -> a pool of 200 candidates -> one in-process ranker call -> top-k);
+* the same path without the ranker (a second app, ``ranking=False``: round robin), so the
+  ranker's added p50/p99 at 200 candidates is measured side by side;
 * the precomputed path: users with a fresh sorted set.
 
 Floor, same run: the real-time path's core lookups called directly in Python (KV mget of the
-user's vector and seen list + ANN search on the alias), one after another, half before and
-half after the real-time wrk run. ratio = real-time
-API p99 / direct p99 (lower is better), target 1.5. Last stdout line: one JSON object.
+user's vector and seen list + ANN search on the alias for 200 + seen candidates + one direct
+``rank`` call on 200 candidates' prepared inputs), one after another, half before and half after
+the real-time wrk run. ratio = ranked real-time API p99 / direct p99 (lower is better), target
+1.5. ``--no-ranker`` measures the old path (no ranker deployed; floor without the ranker
+call). Last stdout line: one JSON object.
 
-    .venv/bin/python bench/api_latency.py [--duration 10] [--k 20]
+    .venv/bin/python bench/api_latency.py [--duration 10] [--k 20] [--no-ranker]
 """
 
 from __future__ import annotations
@@ -106,6 +112,7 @@ def main() -> None:
     )
     parser.add_argument("--kv-url", default=None, help="default: the embedded file KV")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--no-ranker", action="store_true", help="measure without a ranker")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     wrk = _ensure_wrk()
@@ -146,6 +153,17 @@ def main() -> None:
             home / "export", HashModelSpec(dim=args.dim, buckets=4099)
         )
         deploy_saved_model(settings, 1, model_dir)
+        ranker_dir = None
+        if not args.no_ranker:
+            from dataclasses import replace
+
+            from tests.doubles.fixture_ranker import FIXTURE_RANKER_PARAMS, export_fixture_ranker
+
+            began = time.perf_counter()
+            params = replace(FIXTURE_RANKER_PARAMS, epochs=1, batch_size=1024)
+            ranker_dir = export_fixture_ranker(home / "ranker_export", frames, params)
+            deploy_saved_model(settings, 1, ranker_dir, model_name=settings.ranker_model_name)
+            print(f"ranker trained and deployed in {time.perf_counter() - began:.1f}s", flush=True)
         refreshed = refresh_vectors(settings)
         pre = precompute_topn(settings, n=100, active_days=args.precompute_days)
         ns = refreshed.kv_namespace
@@ -154,18 +172,26 @@ def main() -> None:
 
         from api.app import create_app
 
+        def serve(app: object) -> tuple[uvicorn.Server, threading.Thread, int]:
+            port = _free_port()
+            server = uvicorn.Server(
+                uvicorn.Config(
+                    app, host="127.0.0.1", port=port, log_level="warning", access_log=False
+                )
+            )
+            thread = threading.Thread(target=server.run, daemon=True)
+            thread.start()
+            deadline = time.monotonic() + 60
+            while not server.started:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("uvicorn did not start in 60 s")
+                time.sleep(0.1)
+            return server, thread, port
+
         app = create_app(settings)
-        port = _free_port()
-        server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-        )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 60
-        while not server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start in 60 s")
-            time.sleep(0.1)
+        server, thread, port = serve(app)
+        plain_app = create_app(settings, ranking=False)
+        plain_server, plain_thread, plain_port = serve(plain_app)
         state = app.state.serving
         kv, milvus = state.kv, state.milvus
         topn_users = sorted({key_id(k) for k in kv.scan_keys(topn_prefix(ns))})
@@ -181,6 +207,10 @@ def main() -> None:
 
         sample = httpx.get(f"{url}/recommend/{realtime_users[0]}", params={"k": args.k}).json()
         assert sample["source"] == "realtime" and not sample["degraded"], sample
+        assert sample["ranked"] is (not args.no_ranker), sample
+        plain_url = f"http://127.0.0.1:{plain_port}"
+        plain = httpx.get(f"{plain_url}/recommend/{realtime_users[0]}", params={"k": args.k})
+        assert plain.json()["ranked"] is False, plain.json()
         sample = httpx.get(f"{url}/recommend/{topn_users[0]}", params={"k": args.k}).json()
         assert sample["source"] == "precomputed", sample
 
@@ -188,7 +218,30 @@ def main() -> None:
         workdir.mkdir()
         rt_paths = [f"/recommend/{u}?k={args.k}" for u in realtime_users]
         pc_paths = [f"/recommend/{u}?k={args.k}" for u in topn_users]
+        from tasks.serving.ranking import RANK_POOL, build_pool
         from tasks.serving.recall import decode_ids, decode_vector
+
+        pool_size = args.k if args.no_ranker else RANK_POOL
+        # One ranker call's inputs per user, prepared outside the timed floor: 200 candidates
+        # (the user's ANN list), built with the API's own feature source.
+        rank_inputs: dict[int, dict[str, np.ndarray]] = {}
+        if not args.no_ranker:
+            features = state.ranking_features(state.namespace())
+            for user in realtime_users[:200]:
+                raw_vec, raw_seen = kv.mget([user_vec_key(ns, user), seen_key(ns, user)])
+                seen = set(decode_ids(raw_seen))
+                hits = milvus.search(
+                    "items",
+                    data=[np.asarray(decode_vector(raw_vec)).tolist()],
+                    limit=RANK_POOL + len(seen),
+                    anns_field="embedding",
+                    output_fields=[],
+                )
+                ann = [(int(h["illust_id"]), float(h["distance"])) for h in hits[0]]
+                pool = build_pool(user, [("ann", ann)], RANK_POOL, exclude=seen)
+                rank_inputs[user] = features.inputs(pool)
+        input_users = sorted(rank_inputs)
+        ranker_ms: list[float] = []
 
         def direct(user: int) -> int:
             raw_vec, raw_seen = kv.mget([user_vec_key(ns, user), seen_key(ns, user)])
@@ -197,10 +250,14 @@ def main() -> None:
             hits = milvus.search(
                 "items",
                 data=[np.asarray(vec).tolist()],
-                limit=args.k + len(seen),
+                limit=pool_size + len(seen),
                 anns_field="embedding",
                 output_fields=[],
             )
+            if rank_inputs:
+                start = time.perf_counter()
+                state.ranker.rank(rank_inputs[input_users[user % len(input_users)]])
+                ranker_ms.append((time.perf_counter() - start) * 1000)
             return len(hits[0])
 
         latencies: list[float] = []
@@ -223,9 +280,12 @@ def main() -> None:
         run_direct(half, 0)
         realtime = _run_wrk(wrk, url, rt_paths, args.duration, workdir)
         run_direct(args.direct_calls - half, half)
+        _run_wrk(wrk, plain_url, rt_paths, 2, workdir)  # warm-up
+        no_ranker = _run_wrk(wrk, plain_url, rt_paths, args.duration, workdir)
         precomputed = _run_wrk(wrk, url, pc_paths, args.duration, workdir)
-        server.should_exit = True
-        thread.join(timeout=30)
+        for srv, thr in ((server, thread), (plain_server, plain_thread)):
+            srv.should_exit = True
+            thr.join(timeout=30)
 
     lat = np.array(latencies)
     direct_stats = {
@@ -233,6 +293,7 @@ def main() -> None:
         "p99_ms": round(float(np.percentile(lat, 99)), 3),
         "requests_per_s": round(args.direct_calls / direct_s, 1),
     }
+    rank_lat = np.array(ranker_ms) if ranker_ms else np.zeros(1)
     print(
         json.dumps(
             {
@@ -241,9 +302,20 @@ def main() -> None:
                 "p50_ratio": round(realtime["p50_ms"] / direct_stats["p50_ms"], 3),
                 "target": 1.5,
                 "lower_is_better": True,
+                "ranker": not args.no_ranker,
+                "candidates": pool_size,
                 "realtime_api": {k: round(v, 3) for k, v in realtime.items()},
+                "realtime_api_no_ranker": {k: round(v, 3) for k, v in no_ranker.items()},
+                "ranker_added_ms": {
+                    "p50": round(realtime["p50_ms"] - no_ranker["p50_ms"], 3),
+                    "p99": round(realtime["p99_ms"] - no_ranker["p99_ms"], 3),
+                },
+                "direct_ranker_call_ms": {
+                    "p50": round(float(np.percentile(rank_lat, 50)), 3),
+                    "p99": round(float(np.percentile(rank_lat, 99)), 3),
+                },
                 "precomputed_api": {k: round(v, 3) for k, v in precomputed.items()},
-                "direct_kv_ann": direct_stats,
+                "direct_kv_ann_rank": direct_stats,
                 "k": args.k,
                 "users_realtime": len(realtime_users),
                 "users_precomputed": len(topn_users),

@@ -14,15 +14,21 @@ Usage: ``python bench/pipeline_quality.py [--data PATH] [--format ml-100k|moviel
    recsys_extract_validate -> recsys_train -> recsys_deploy -> (score the API: realtime)
    -> recsys_precompute -> (score the API: precomputed).
 4. Score on the split: MostPop, ItemKNN, EASE (tasks.model.evaluate; ItemKNN/EASE are skipped
-   above its ``max_dense_items`` cap), the registered champion two-tower (the gate's scorer),
+   above its ``max_dense_items`` cap), the registered champion two-tower (the gate's scorer;
+   the challenger when the gate promoted none: ``two_tower_alias``),
    and the list the API serves (``create_app(settings)`` under FastAPI's TestClient,
-   ``GET /recommend/{uid}?k=20``): ``served`` = before precompute (the realtime path),
-   ``served_precomputed`` = after it. A served list's rank of the test item is its position
-   in the list, or a miss.
+   ``GET /recommend/{uid}?k=20``): ``served`` = before precompute (the realtime path, ranked
+   by the deployed ranker champion when there is one: candidates from every channel -> one
+   ranker call -> top-k), ``served_no_ranker`` = the same realtime path with ranking off
+   (``create_app(..., ranking=False)``: today's round-robin order), ``served_precomputed`` =
+   after precompute. A served list's rank of the test item is its position in the list, or a
+   miss. With no ranker deployed ``served`` IS the round-robin list: ``served_no_ranker``
+   repeats it and ``ranker_note`` says so.
 
 Last stdout line: the JSON of EVALUATION.md (``bench``, ``models``, ``ratio`` = served HR@10 /
-best baseline HR@10, ``target`` 1.0, ``ratio_two_tower`` = two_tower HR@10 / EASE HR@10) plus
-``seconds``, ``peak_rss_mb`` and the stages' seconds.
+best baseline HR@10, ``target`` 1.0, ``ratio_two_tower`` = two_tower HR@10 / EASE HR@10,
+``ratio_ranker`` = served HR@10 / served_no_ranker HR@10, ``ranker_version``, ``ranker_note``)
+plus ``seconds``, ``peak_rss_mb`` and the stages' seconds.
 """
 
 from __future__ import annotations
@@ -139,7 +145,8 @@ def _run_dag(dag_id: str, log_path: Path, **kwargs: Any) -> Any:
 
 
 def served_metrics(client: Any, split: Any) -> tuple[dict[str, float], dict[str, int]]:
-    """Rank metrics of the API's ``/recommend`` lists (top ``SERVED_K``) and their sources."""
+    """Rank metrics of the API's ``/recommend`` lists (top ``SERVED_K``) and their sources
+    (plus ``ranked``: how many lists the ranker ordered)."""
     from tasks.model.evaluate import rank_metrics
 
     miss = 10**9
@@ -151,6 +158,7 @@ def served_metrics(client: Any, split: Any) -> tuple[dict[str, float], dict[str,
         uid = int(split.user_ids[u_idx])
         answer = client.get(f"/recommend/{uid}", params={"k": SERVED_K}).json()
         sources[answer.get("source", "?")] = sources.get(answer.get("source", "?"), 0) + 1
+        sources["ranked"] = sources.get("ranked", 0) + bool(answer.get("ranked"))
         ids = [int(item["illust_id"]) for item in answer.get("items", [])]
         target = int(split.item_ids[i_idx])
         if target in ids:
@@ -260,8 +268,21 @@ def _bench(
     models: dict[str, dict[str, float]] = {}
     t = time.perf_counter()
     with _quiet_fds(log_path), TestClient(create_app(settings)) as client:
+        ranker_version = client.app.state.serving.ranker_version
         models["served"], sources_rt = served_metrics(client, split)
     stages["served"] = time.perf_counter() - t
+    if ranker_version is None:
+        models["served_no_ranker"] = dict(models["served"])
+        ranker_note = "no ranker champion deployed: served is the round-robin list"
+    else:
+        t = time.perf_counter()
+        with _quiet_fds(log_path), TestClient(create_app(settings, ranking=False)) as client:
+            models["served_no_ranker"], _ = served_metrics(client, split)
+        stages["served_no_ranker"] = time.perf_counter() - t
+        ranker_note = (
+            f"served ranked by ranker v{ranker_version} "
+            f"({sources_rt.get('ranked', 0)} of {len(split.test_user_idx)} lists ranked)"
+        )
     t = time.perf_counter()
     _run_dag("recsys_precompute", log_path)
     stages["precompute"] = time.perf_counter() - t
@@ -271,7 +292,7 @@ def _bench(
     t = time.perf_counter()
     with _quiet_fds(log_path):
         models.update(evaluate_baselines(split, ks=KS))
-        models["two_tower"] = _champion_metrics(settings, split)
+        models["two_tower"], two_tower_alias = _champion_metrics(settings, split)
     stages["score"] = time.perf_counter() - t
 
     baselines = [models[n]["HR@10"] for n in ("MostPop", "ItemKNN", "EASE") if n in models]
@@ -291,6 +312,10 @@ def _bench(
         "ratio": _ratio(models["served"]["HR@10"], best),
         "target": 1.0,
         "ratio_two_tower": _ratio(models["two_tower"]["HR@10"], ease),
+        "two_tower_alias": two_tower_alias,
+        "ratio_ranker": _ratio(models["served"]["HR@10"], models["served_no_ranker"]["HR@10"]),
+        "ranker_version": ranker_version,
+        "ranker_note": ranker_note,
         "seconds": round(time.perf_counter() - began, 1),
         "stage_seconds": {k: round(v, 1) for k, v in stages.items()},
         "peak_rss_mb": round(_peak_rss_mb(), 1),
@@ -298,8 +323,9 @@ def _bench(
     return out
 
 
-def _champion_metrics(settings: Any, split: Any) -> dict[str, float]:
-    """The registered champion scored by the gate's own scorer on ``split``."""
+def _champion_metrics(settings: Any, split: Any) -> tuple[dict[str, float], str]:
+    """The registered two-tower champion (else, when the gate promoted none, the challenger)
+    scored by the gate's own scorer on ``split``; returns (metrics, the alias scored)."""
     import sqlalchemy as sa
 
     from model_registry.gate import Holdout, score_saved_model
@@ -309,13 +335,17 @@ def _champion_metrics(settings: Any, split: Any) -> dict[str, float]:
     from tasks.model.features import item_features_from_frame
     from tasks.model.scoring import ItemCatalogue
 
-    ref = resolve_alias(settings)
+    alias = "champion"
+    ref = resolve_alias(settings, alias)
     if ref is None:
-        raise SystemExit("no champion was registered by recsys_train")
+        alias = "challenger"
+        ref = resolve_alias(settings, alias)
+    if ref is None:
+        raise SystemExit("no two-tower version was registered by recsys_train")
     with get_engine(settings.recsys_db_url).connect() as conn:
         illusts = pd.read_sql(sa.select(mirror_illusts), conn)
     catalogue = ItemCatalogue.from_features(item_features_from_frame(illusts))
-    return score_saved_model(settings, ref, Holdout(split=split, catalogue=catalogue))
+    return score_saved_model(settings, ref, Holdout(split=split, catalogue=catalogue)), alias
 
 
 def _ratio(value: float, base: float | None) -> float | None:

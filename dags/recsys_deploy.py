@@ -17,8 +17,14 @@ Deploys the MLflow **champion** to TF-Serving and refreshes the serving vectors.
   channel lists → KV namespace `v<version>:` → pointer key switched. Publishes
   **recsys_serving_vectors**, which schedules `recsys_precompute`.
 
-**Rollback**: `python -m model_registry.cli rollback` (or move `champion` in the MLflow UI),
-then wait for the next run or trigger this DAG. `force` redeploys/refreshes the current champion.
+* `deploy_ranker`: the same for the **ranker** registered model's champion, as the second
+  model of the same `models.config` (`<base>/ranker/<version>/`, warmup and a `rank`
+  predict before the switch). Skipped when the ranker has no champion (the API then keeps
+  its round-robin order) or when that champion is already live; independent of `deploy`.
+
+**Rollback**: `python -m model_registry.cli rollback [--model ranker]` (or move `champion` in
+the MLflow UI), then wait for the next run or trigger this DAG. `force` redeploys/refreshes the
+current champion.
 """
 
 from __future__ import annotations
@@ -88,7 +94,22 @@ def recsys_deploy() -> None:
         outlet_events[SERVING_VECTORS].extra = {"version": deployed["version"]}
         return result.as_dict()
 
+    @task
+    def deploy_ranker(params=None) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from tasks.serving.deploy import deploy_champion
+
+        settings = task_settings()
+        result = deploy_champion(
+            settings, keep_last=params["keep_versions"], model_name=settings.ranker_model_name
+        )
+        if result.version is None:
+            raise AirflowSkipException(f"no ranker to deploy: {result.reason}")
+        return result.as_dict()
+
     refresh_vectors(deploy())
+    deploy_ranker()
 
 
 recsys_deploy()

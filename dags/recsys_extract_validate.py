@@ -4,6 +4,10 @@
 Pulls one data interval from the business **MySQL replica** (read-only) into the recsys
 DB's mirror tables and validates it with **Great Expectations**.
 
+* `wait_for_replica`: a sensor in **reschedule** mode: while the replica is more than
+  `RECSYS_MAX_REPLICA_LAG_S` behind it pokes every 30 s and gives its worker slot back in
+  between (up to 6 h); NULL lag (replication stopped or broken) fails it at once, naming the
+  replica's IO/SQL thread state, and it retries.
 * `extract`: interactions with `create_time` in the run's data interval; illusts, users and
   follows by update/create time past the watermark (with a safety overlap). Upserts, so
   re-running an interval or backfilling a range gives the same tables. Waits for or fails
@@ -50,6 +54,12 @@ from plugins.dag_defaults import (
     params=interval_params("use the run's data interval"),
 )
 def recsys_extract_validate() -> None:
+    @task.sensor(poke_interval=30, timeout=6 * 3600, mode="reschedule")
+    def wait_for_replica() -> bool:
+        from tasks.data.extract import replica_ready
+
+        return replica_ready(task_settings())
+
     @task(pool=REPLICA_POOL)
     def extract(params=None, data_interval_start=None, data_interval_end=None, run_id=None) -> dict:
         from tasks.core.intervals import resolve_interval
@@ -61,7 +71,10 @@ def recsys_extract_validate() -> None:
             data_interval_start,
             data_interval_end,
         )
-        result = extract_interval(task_settings(), interval.start, interval.end, run_id=run_id)
+        # The sensor did the waiting: lag that grew again since fails here (and retries).
+        result = extract_interval(
+            task_settings(), interval.start, interval.end, run_id=run_id, lag_wait_s=0
+        )
         return {"interval": interval.as_dict(), "extract": result.as_dict()}
 
     @task(outlets=[VALIDATED_DATA], **NO_RETRY)
@@ -83,7 +96,9 @@ def recsys_extract_validate() -> None:
         }
         return result.as_dict()
 
-    validate(extract())
+    extracted = extract()
+    wait_for_replica() >> extracted
+    validate(extracted)
 
 
 recsys_extract_validate()

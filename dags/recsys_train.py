@@ -20,6 +20,15 @@ the promotion gate.
   does not, the run ends cleanly, the reason is in the log and on the version's
   `gate_reason` tag, and `publish_champion` is skipped.
 * `publish_champion` publishes **recsys_champion_model**, which schedules `recsys_deploy`.
+* `train_ranker` (after `train`, same interval): the DCN-V2 ranker on the interval's shown
+  rows and sampled negatives; AUC, GAUC, logloss and list metrics in its own MLflow run.
+  `register_ranker`: new version of the registered model **ranker** (alias challenger).
+  `ranker_gate` (after `promotion_gate`, so the ANN channel is the newest two-tower
+  champion): on each holdout user's candidate set from the recall channels, the ranked list's
+  NDCG@10 must beat the recall order and the ranker champion's; `publish_ranker` publishes
+  **recsys_champion_model** when it promotes.
+  The ranker runs in this DAG rather than its own: it trains on exactly this run's interval
+  and samples, and its gate needs this run's two-tower decision first.
 
 A person can also move the `champion` alias in the MLflow UI; `recsys_deploy` notices.
 """
@@ -38,6 +47,7 @@ from plugins.dag_defaults import (
     recsys_dag,
     task_settings,
 )
+from tasks.model.ranker.config import RANKER_DEFAULTS
 from tasks.model.training.config import LOSSES, TRAIN_DEFAULTS
 
 
@@ -91,6 +101,15 @@ from tasks.model.training.config import LOSSES, TRAIN_DEFAULTS
             title="Loss",
             description="inbatch_softmax (logQ-corrected, wins on bench/quality.py) or "
             "pointwise BCE on the samples table (the write-up's choice).",
+        ),
+        "ranker_epochs": Param(
+            RANKER_DEFAULTS.epochs,
+            type="integer",
+            minimum=1,
+            maximum=100,
+            title="Ranker epochs",
+            description="Training epochs of the DCN-V2 ranker (early stopping on validation "
+            "loss may stop it sooner).",
         ),
         "promote": Param(
             True,
@@ -213,7 +232,67 @@ def recsys_train() -> None:
         outlet_events[CHAMPION_MODEL].extra = {"version": decision["version"]}
         return decision["version"]
 
-    publish_champion(promotion_gate(register(train(build_samples(intervals())))))
+    @task(**NO_RETRY)
+    def train_ranker(samples: dict, params=None) -> dict:
+        from plugins.lineage import lineage_from_context
+        from tasks.model.ranker.config import RankerParams
+        from tasks.model.ranker.stage import train_ranker as train_ranker_stage
+
+        result = train_ranker_stage(
+            task_settings(),
+            samples["start"],
+            samples["end"],
+            params=RankerParams(epochs=params["ranker_epochs"]),
+            lineage=lineage_from_context(),
+        )
+        return result.as_dict()
+
+    @task
+    def register_ranker(trained: dict) -> int:
+        from model_registry.registry import SAVED_MODEL_ARTIFACT, register_challenger
+        from plugins.lineage import lineage_from_context
+
+        settings = task_settings()
+        return register_challenger(
+            settings,
+            trained["run_id"],
+            lineage=lineage_from_context(),
+            model=settings.ranker_registered_model_name,
+            artifact=SAVED_MODEL_ARTIFACT,
+        )
+
+    @task(**NO_RETRY)
+    def ranker_gate(version: int, params=None) -> dict:
+        if not params["promote"]:
+            return {"promoted": False, "reason": "promotion disabled by the 'promote' param"}
+        import tasks.serving.recall as recall
+        from model_registry.ranker_gate import promote_ranker_if_better
+        from plugins.lineage import lineage_from_context
+
+        decision = promote_ranker_if_better(
+            task_settings(), version, recall, lineage=lineage_from_context()
+        )
+        return decision.as_dict()
+
+    @task(outlets=[CHAMPION_MODEL])
+    def publish_ranker(decision: dict, outlet_events=None) -> int:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if not decision["promoted"]:
+            raise AirflowSkipException(f"ranker not promoted: {decision['reason']}")
+        version = decision["challenger_version"]
+        outlet_events[CHAMPION_MODEL].extra = {"model": "ranker", "version": version}
+        return version
+
+    samples = build_samples(intervals())
+    trained = train(samples)
+    decision = promotion_gate(register(trained))
+    publish_champion(decision)
+    ranker_trained = train_ranker(samples)
+    trained >> ranker_trained
+    ranker_decision = ranker_gate(register_ranker(ranker_trained))
+    decision >> ranker_decision
+    publish_ranker(ranker_decision)
 
 
 recsys_train()

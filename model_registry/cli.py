@@ -5,6 +5,11 @@
 * ``promote VERSION``: run the promotion gate for VERSION (``--force`` moves the alias
   without the gate, recording the reason; ``--metric``/``--margin`` tune the gate).
 * ``rollback``: the previous champion becomes champion again.
+
+``--model ranker`` (before the command) works on the ranker's registered model instead of
+the two-tower's; ``recsys_deploy`` then deploys whichever champion moved. The ranker's gate
+needs the recall channels (``tasks.serving``), so it runs in ``recsys_train``; here a ranker
+can only be promoted with ``--force``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,12 @@ from tasks.core.settings import load_settings
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys-registry", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model",
+        choices=("two_tower", "ranker"),
+        default="two_tower",
+        help="which registered model (default: the two-tower)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     show = sub.add_parser("list", help="versions with metrics and aliases")
     show.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -41,9 +52,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = load_settings()
+    ranker = args.model == "ranker"
+    model = settings.ranker_registered_model_name if ranker else settings.registered_model_name
     try:
         if args.command == "list":
-            for ref in list_versions(settings):
+            for ref in list_versions(settings, model=model):
                 # Read from the run (versions no longer copy metrics into tags).
                 metrics = {
                     k.replace("@", "_at_"): v for k, v in run_metrics(settings, ref.run_id).items()
@@ -65,9 +78,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "promote":
             if args.force:
                 previous = set_champion(
-                    settings, args.version, reason="forced from recsys-registry CLI"
+                    settings, args.version, reason="forced from recsys-registry CLI", model=model
                 )
                 print(f"champion -> v{args.version} (was {previous})")
+            elif ranker:
+                print(
+                    "error: the ranker's gate runs in recsys_train (it needs the recall "
+                    "channels); use --force to move the alias by hand",
+                    file=sys.stderr,
+                )
+                return 2
             else:
                 from model_registry.gate import promote_if_better
 
@@ -77,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(json.dumps(decision.as_dict(), sort_keys=True))
                 return 0 if decision.promoted else 3
         elif args.command == "rollback":
-            print(f"champion -> v{rollback(settings)}")
+            print(f"champion -> v{rollback(settings, model=model)}")
     except RegistryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

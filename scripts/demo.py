@@ -10,6 +10,7 @@ to ``var/demo-logs/<dag>.log``; this script prints what each stage produced.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from contextlib import AbstractContextManager
@@ -51,18 +52,20 @@ def _run(dag_id: str, log_dir: Path, **kwargs):  # type: ignore[no-untyped-def]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--users", type=int, default=400)
-    parser.add_argument("--illusts", type=int, default=1500)
-    parser.add_argument("--artists", type=int, default=120)
-    parser.add_argument("--days", type=int, default=7)
-    parser.add_argument("--start-date", default="2026-10-01")
+    from tasks.data.sources.generate import DEMO_CONFIG as DEMO
+
+    parser.add_argument("--users", type=int, default=DEMO.n_users)
+    parser.add_argument("--illusts", type=int, default=DEMO.n_illusts)
+    parser.add_argument("--artists", type=int, default=DEMO.n_artists)
+    parser.add_argument("--days", type=int, default=DEMO.days)
+    parser.add_argument("--start-date", default=str(DEMO.start_date))
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=DEMO.seed)
     args = parser.parse_args(argv)
 
     from tasks.core.settings import load_settings
     from tasks.data.sources.frames import write_business_frames
-    from tasks.data.sources.generate import GeneratorConfig, generate_frames
+    from tasks.data.sources.generate import generate_frames
 
     settings = load_settings()
     log_dir = settings.home / "demo-logs"
@@ -70,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"recsys4pix demo — embedded defaults under {settings.home}")
 
     start = date.fromisoformat(args.start_date)
-    config = GeneratorConfig(
+    config = dataclasses.replace(
+        DEMO,
         n_users=args.users,
         n_illusts=args.illusts,
         n_artists=args.artists,

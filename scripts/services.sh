@@ -50,4 +50,9 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
   echo "services: installing chromium and chromium-driver"
   apt_install chromium chromium-driver
 fi
+# wrk: the load generator of bench/stack_load.py and bench/api_latency.py.
+if ! command -v wrk >/dev/null 2>&1; then
+  echo "services: installing wrk"
+  apt_install wrk
+fi
 echo "services: MariaDB, Redis and PostgreSQL are up; chromium $(chromium --version 2>/dev/null | awk '{print $2}')"

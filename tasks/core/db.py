@@ -4,6 +4,11 @@
 ``REPLACE INTO`` on MySQL/MariaDB, ``INSERT OR IGNORE`` / ``INSERT OR REPLACE`` on SQLite.
 Bulk writes (LOAD DATA, multi-row INSERTs, executemany, their escaping) live in
 ``tasks.data.bulk``.
+
+``get_read_only_engine`` is the engine for a source that must never be written (the
+business replica): every transaction its connections run is read-only (MySQL/MariaDB
+``SET SESSION TRANSACTION READ ONLY``: a write fails with error 1792; SQLite
+``PRAGMA query_only``), whatever the account's privileges.
 """
 
 from __future__ import annotations
@@ -34,6 +39,32 @@ def get_engine(url: str) -> sa.Engine:
     if url.startswith("mysql"):
         return sa.create_engine(url, pool_pre_ping=True, pool_recycle=3600)
     return sa.create_engine(url)
+
+
+@functools.lru_cache(maxsize=32)
+def get_read_only_engine(url: str) -> sa.Engine:
+    """One pooled engine per URL whose every session is read-only (see the module doc).
+
+    Applies to autocommit statements and to raw DBAPI connections from its pool too.
+    """
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+        statement = "PRAGMA query_only = ON"
+    elif url.startswith("mysql") or url.startswith("mariadb"):
+        engine = sa.create_engine(url, pool_pre_ping=True, pool_recycle=3600)
+        statement = "SET SESSION TRANSACTION READ ONLY"
+    else:
+        raise ValueError(f"get_read_only_engine: unsupported URL scheme in {url!r}")
+
+    @sa.event.listens_for(engine, "connect")
+    def _read_only_session(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute(statement)
+        finally:
+            cursor.close()
+
+    return engine
 
 
 class _Replace(Insert):

@@ -58,6 +58,9 @@ class Settings:
     max_replica_lag_s: float
     # The MLflow tracking UI as a person's browser reaches it (links in logs and XCom).
     mlflow_ui_url: str = "http://127.0.0.1:5000"
+    # The ranker (issue 12): its TF-Serving model name and its MLflow registered model.
+    ranker_model_name: str = "ranker"
+    ranker_registered_model_name: str = "ranker"
 
     @property
     def gx_dir(self) -> Path:
@@ -105,4 +108,6 @@ def load_settings(home: str | os.PathLike[str] | None = None) -> Settings:
         site_launch=_env("RECSYS_SITE_LAUNCH") or "2007-09-10",
         max_replica_lag_s=float(_env("RECSYS_MAX_REPLICA_LAG_S") or 300),
         mlflow_ui_url=(_env("RECSYS_MLFLOW_UI_URL") or "http://127.0.0.1:5000").rstrip("/"),
+        ranker_model_name=_env("RECSYS_RANKER_MODEL_NAME") or "ranker",
+        ranker_registered_model_name=_env("RECSYS_RANKER_REGISTERED_MODEL") or "ranker",
     )

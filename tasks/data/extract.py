@@ -47,8 +47,16 @@ How rows travel (``copy_method``):
 The transport itself (escaping, LOAD DATA files and checks, INSERT literals, the writer
 thread) is ``tasks.data.bulk``; this module decides what to read and how it travels.
 
-The replica is only ever read (production: a read-only account); on MySQL/MariaDB a
-replica-lag guard runs first (``SHOW REPLICA STATUS``).
+The replica is never written. Every replica read goes through ``replica_engine``, whose
+sessions are read-only (``SET SESSION TRANSACTION READ ONLY`` on MySQL/MariaDB, ``PRAGMA
+query_only`` on SQLite), so a write through the pipeline's replica connection is refused
+(error 1792) even with a privileged account; in production the account is SELECT-only and
+the server ``read_only`` too. ``insert_select`` is the one path that reads the replica's
+tables through the recsys-DB connection, so it is only chosen when both URLs are one
+server *and* one account (the recsys DB is writable there anyway); a replica on another
+server, or reached with another account (the production read-only account), is streamed.
+On MySQL/MariaDB a replica-lag guard runs first (``SHOW REPLICA STATUS``); the DAG waits
+for the lag in a reschedule-mode sensor (``replica_ready``) so no worker slot sleeps.
 """
 
 from __future__ import annotations
@@ -66,7 +74,7 @@ import tenacity
 
 from tasks.core import schema
 from tasks.core.common import StageResult, check_interval, get_logger
-from tasks.core.db import get_engine
+from tasks.core.db import get_engine, get_read_only_engine
 from tasks.core.settings import Settings
 from tasks.data.bulk import (
     BulkWriter,
@@ -154,6 +162,33 @@ def read_replica_status(engine: sa.Engine) -> dict[str, Any] | None:
         except sa.exc.ProgrammingError:
             row = conn.execute(sa.text("SHOW SLAVE STATUS")).mappings().first()
     return dict(row) if row is not None else None
+
+
+def replica_engine(settings: Settings) -> sa.Engine:
+    """The pipeline's connection to the business replica: every transaction read-only."""
+    return get_read_only_engine(settings.replica_url)
+
+
+def replica_ready(settings: Settings, *, allow_no_replication: bool | None = None) -> bool:
+    """One look at the replica's lag for a sensor: True when extraction may start.
+
+    False while the replica is behind ``settings.max_replica_lag_s`` (the sensor pokes again
+    later, in reschedule mode, holding no worker slot); ``ReplicaLagError`` when replication
+    is stopped or broken (NULL lag) or absent and not allowed. Non-MySQL replicas (the
+    embedded SQLite one) have no replication to wait for.
+    """
+    if allow_no_replication is None:
+        allow_no_replication = _allow_no_replication_default()
+    engine = replica_engine(settings)
+    if engine.dialect.name not in ("mysql", "mariadb"):
+        return True
+    check = decide_replica_lag(
+        read_replica_status(engine),
+        max_lag_s=settings.max_replica_lag_s,
+        allow_no_replication=allow_no_replication,
+    )
+    (log.info if check.ok else log.warning)("replica lag check: %s", check.reason)
+    return check.ok
 
 
 def wait_for_replica(
@@ -287,7 +322,7 @@ def extract_interval(
         allow_no_replication = _allow_no_replication_default()
     began = time.perf_counter()
 
-    replica = get_engine(settings.replica_url)
+    replica = replica_engine(settings)
     recsys = get_engine(settings.recsys_db_url)
     schema.ensure_recsys_schema(recsys)
 

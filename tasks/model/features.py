@@ -9,7 +9,9 @@ Raw arrays produced here are exactly what the SavedModel signatures take (docs/C
 so training, the in-process server and TF-Serving all see the same inputs. Bucket boundaries
 and vocabularies are fitted on training data only (:func:`fit_feature_stats`) and saved with
 the model. The user ``history`` input is built in one place, :class:`BookmarkHistory`, for
-training, vector refresh, the pyfunc and the API's user-tower fallback.
+training, vector refresh, the pyfunc and the API's user-tower fallback. The item count
+features (``total_bookmarks``, ``total_view``) are built in one place too, :class:`ItemCounts`:
+counted from mirrored interactions strictly before a cutoff, never the replica's live totals.
 """
 
 from __future__ import annotations
@@ -366,14 +368,134 @@ def user_features_from_frames(
     return {"user_id": ids, "history": history.histories(ids, cut, history_len)}
 
 
-def load_item_features(engine: sa.Engine) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Every illust in the recsys DB mirror, as (illust_ids, item_tower inputs)."""
+# ---------------------------------------------------------------- item counts: point in time
+
+COUNT_FEATURES: tuple[str, ...] = ("total_bookmarks", "total_view")
+
+
+def _epoch_seconds(as_of: Any, n: int) -> np.ndarray:
+    """``as_of`` as int64 epoch seconds, one per row: a scalar (datetime, str, datetime64)
+    is broadcast; an array is datetime64 or epoch µs (the samples stream's unit)."""
+    if isinstance(as_of, np.ndarray):
+        if np.issubdtype(as_of.dtype, np.datetime64):
+            return as_of.astype("datetime64[s]").astype(np.int64)
+        return np.floor_divide(as_of.astype(np.int64), 1_000_000)
+    if isinstance(as_of, np.datetime64):
+        return np.full(n, as_of.astype("datetime64[s]").astype(np.int64), dtype=np.int64)
+    second = np.datetime64(_as_of_second(as_of), "s").astype(np.int64)
+    return np.full(n, second, dtype=np.int64)
+
+
+@dataclass
+class ItemCounts:
+    """The item count features (``total_bookmarks``, ``total_view``) as of any time, built
+    here only, from mirrored interactions: bookmarks = rows with label 1, views = rows of any
+    label, each counted strictly before the cutoff's second (the history's resolution).
+
+    The replica's live totals are never a feature: they include later interactions, the
+    holdout's own among them. Training (per example, as of its cutoff), holdout scoring (as of
+    each query's cutoff, from the split's train part) and serving's vector refresh (as of its
+    data time) all call :meth:`as_of`. One sorted key ``item_row * span + second`` and a
+    cumulative bookmark count make a lookup two ``searchsorted`` calls for any number of
+    (item, cutoff) pairs.
+    """
+
+    item_ids: np.ndarray
+    offsets: np.ndarray
+    keys: np.ndarray
+    bookmarks_cum: np.ndarray
+    base: int
+    span: int
+
+    @classmethod
+    def from_frame(cls, interactions: pd.DataFrame) -> ItemCounts:
+        """From rows (illust_id, label, create_time); other columns are ignored."""
+        missing = {"illust_id", "label", "create_time"} - set(interactions.columns)
+        if missing:
+            raise FeatureConfigError(f"interactions frame lacks columns {sorted(missing)}")
+        items = interactions["illust_id"].to_numpy(np.int64)
+        seconds = (
+            pd.to_datetime(interactions["create_time"])
+            .to_numpy()
+            .astype("datetime64[s]")
+            .astype(np.int64)
+            if len(interactions)
+            else np.zeros(0, np.int64)
+        )
+        order = np.lexsort((seconds, items))
+        items, seconds = items[order], seconds[order]
+        labels = interactions["label"].to_numpy()[order] == 1
+        item_ids, starts = np.unique(items, return_index=True)
+        base = int(seconds.min()) if len(seconds) else 0
+        span = int(seconds.max()) - base + 2 if len(seconds) else 1
+        if len(item_ids) * span >= 2**62:
+            raise ValueError(f"item count key overflow: {len(item_ids)} items x {span} s")
+        rows = np.searchsorted(item_ids, items)
+        return cls(
+            item_ids=item_ids,
+            offsets=np.append(starts, len(items)).astype(np.int64),
+            keys=rows.astype(np.int64) * span + (seconds - base),
+            bookmarks_cum=np.concatenate([[0], np.cumsum(labels, dtype=np.int64)]),
+            base=base,
+            span=span,
+        )
+
+    def as_of(self, illust_ids: np.ndarray, as_of: Any = None) -> dict[str, np.ndarray]:
+        """``{"total_bookmarks", "total_view"}`` int64 arrays aligned with ``illust_ids``:
+        interactions strictly before ``as_of`` (a scalar time, or one cutoff per id as
+        datetime64 / epoch µs; ``None``: every interaction). Unknown ids count 0."""
+        ids = np.asarray(illust_ids, dtype=np.int64)
+        bookmarks = np.zeros(len(ids), np.int64)
+        views = np.zeros(len(ids), np.int64)
+        if not len(self.item_ids) or not len(ids):
+            return {"total_bookmarks": bookmarks, "total_view": views}
+        rows = np.clip(np.searchsorted(self.item_ids, ids), 0, len(self.item_ids) - 1)
+        known = self.item_ids[rows] == ids
+        if as_of is None:
+            offset = np.full(len(ids), self.span - 1, np.int64)
+        else:
+            offset = np.clip(_epoch_seconds(as_of, len(ids)) - self.base, 0, self.span - 1)
+        cut = np.searchsorted(self.keys, rows * self.span + offset, side="left")
+        lo = self.offsets[rows]
+        views[known] = (cut - lo)[known]
+        bookmarks[known] = (self.bookmarks_cum[cut] - self.bookmarks_cum[lo])[known]
+        return {"total_bookmarks": bookmarks, "total_view": views}
+
+    def apply(self, features: Mapping[str, np.ndarray], as_of: Any = None) -> dict[str, np.ndarray]:
+        """A copy of raw item features with the count features replaced by :meth:`as_of`
+        for ``features["illust_id"]``."""
+        return {**features, **self.as_of(features["illust_id"], as_of)}
+
+
+def load_item_counts(engine: sa.Engine, *, as_of: datetime | str | None = None) -> ItemCounts:
+    """:class:`ItemCounts` over ``mirror_interactions`` before ``as_of`` (None: all rows)."""
+    from tasks.core.schema import mirror_interactions as mi
+
+    query = sa.select(mi.c.illust_id, mi.c.label, mi.c.create_time)
+    if as_of is not None:  # read less; the cut itself is ItemCounts'
+        query = query.where(mi.c.create_time < _as_of_second(as_of))
+    with engine.connect() as conn:
+        return ItemCounts.from_frame(pd.read_sql(query, conn))
+
+
+def load_item_features(
+    engine: sa.Engine, *, as_of: datetime | str | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Every illust in the recsys DB mirror, as (illust_ids, item_tower inputs).
+
+    The count features are :class:`ItemCounts` from ``mirror_interactions`` strictly before
+    ``as_of`` (None: every mirrored interaction), never the replica's live totals.
+    """
     from tasks.core.schema import mirror_illusts
 
     with engine.connect() as conn:
         frame = pd.read_sql(sa.select(mirror_illusts).order_by(mirror_illusts.c.illust_id), conn)
-    features = item_features_from_frame(frame)
-    log.info("loaded item features for %d illusts from mirror_illusts", len(frame))
+    features = load_item_counts(engine, as_of=as_of).apply(item_features_from_frame(frame), as_of)
+    log.info(
+        "loaded item features for %d illusts from mirror_illusts, counts as of %s",
+        len(frame),
+        as_of or "the newest mirror interaction",
+    )
     return features["illust_id"], features
 
 

@@ -4,8 +4,13 @@ Both towers take the raw features of docs/CONTRACTS.md, so serving cannot skew f
 
 * item tower: illust_id embedding (vocabulary fitted on train, one OOV bucket) plus a small
   MLP over hashed artist/tags, equal-frequency and prior-knowledge buckets and one-hots;
-* user tower: masked mean of the *same* illust_id embedding over the bookmark history
-  (padding 0 ignored) plus an MLP over that and the hashed user_id.
+* user tower: a recency-weighted mean over the bookmark history (newest first, padding 0
+  ignored; one learned weight per position) of the history items' *item-tower* vectors, plus
+  an MLP over the hashed user_id. The item tower sees each history item's artist, tags and
+  counts through an item table baked into the model at build time (the training catalogue,
+  looked up by the same illust_id vocabulary; an id outside it contributes its OOV vector).
+  Without an item table (``item_table=None``) the history is the masked mean of the shared
+  illust_id embedding, as before.
 
 Both vectors are L2-normalised; ``score = sigmoid(scale * <u, i> + bias)``, so ranking by inner
 product (Milvus) and by score agree. TensorFlow is imported inside functions only.
@@ -24,6 +29,7 @@ import numpy as np
 
 from tasks.core.common import get_logger
 from tasks.model.features import (
+    COUNT_FEATURES,
     HISTORY_LEN,
     ITEM_FEATURES,
     FeatureSpec,
@@ -47,6 +53,7 @@ class ModelParams:
     dropout: float = 0.1
     l2: float = 0.0
     init_scale: float = 10.0
+    recency: bool = True  # learned per-position weights over the history (else a plain mean)
 
 
 @functools.cache
@@ -140,6 +147,8 @@ def _classes() -> dict[str, Any]:
             config: Sequence[FeatureSpec],
             stats: FeatureStats,
             params: ModelParams,
+            item_table: Mapping[str, np.ndarray] | None = None,
+            history_len: int = HISTORY_LEN,
             **kwargs: Any,
         ) -> None:
             super().__init__(**kwargs)
@@ -147,6 +156,7 @@ def _classes() -> dict[str, Any]:
             self.config = list(config)
             self.stats = stats
             self.params = params
+            self.item_table = _item_table_rows(stats, item_table) if item_table else None
             reg = keras.regularizers.L2(params.l2) if params.l2 > 0 else None
             self.encoders: dict[str, Any] = {}
             for spec in self.config:
@@ -187,6 +197,38 @@ def _classes() -> dict[str, Any]:
                 initializer=keras.initializers.Constant(params.init_scale),
             )
             self.logit_bias = self.add_weight(name="logit_bias", shape=(), initializer="zeros")
+            self.position_logits = (
+                self.add_weight(
+                    name="position_logits", shape=(max(history_len, 1),), initializer="zeros"
+                )
+                if params.recency
+                else None
+            )
+
+        def _history_weights(self, history: Any) -> Any:
+            """[B, L] pooling weights: masked, recency-weighted (learned per position), sum 1."""
+            mask = tf.cast(tf.not_equal(history, 0), tf.float32)
+            if self.position_logits is not None:
+                length = tf.shape(history)[1]
+                logits = self.position_logits[
+                    : tf.minimum(length, tf.shape(self.position_logits)[0])
+                ]
+                pad = tf.maximum(length - tf.shape(logits)[0], 0)
+                logits = tf.concat([logits, tf.fill([pad], logits[-1])], axis=0)
+                mask = mask * tf.exp(logits)[None, :]
+            return mask / tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1e-9)
+
+        def _history_items(self, history: Any, training: bool) -> Any:
+            """[B, L, dim] item-tower vectors of the history's items (via the item table)."""
+            rows = self.encoders[self.item_id_name].lookup(history)  # 0 = OOV / padding
+            flat = tf.reshape(rows, [-1])
+            unique, where = tf.unique(flat)
+            feats = {
+                name: tf.gather(tf.constant(column), unique)
+                for name, column in self.item_table.items()
+            }
+            vectors = tf.gather(self.item_embedding(feats, training=training), where)
+            return tf.reshape(vectors, tf.concat([tf.shape(history), [-1]], axis=0))
 
         def item_embedding(self, features: Mapping[str, Any], training: bool = False) -> Any:
             base = self.encoders[self.item_id_name](features[self.item_id_name])
@@ -198,9 +240,22 @@ def _classes() -> dict[str, Any]:
             return tf.math.l2_normalize(base, axis=-1)
 
         def user_embedding(self, features: Mapping[str, Any], training: bool = False) -> Any:
-            parts = [self.encoders[s.name](features[s.source]) for s in self.user_inputs]
-            pooled = [self.encoders[n](features[n]) for n in self.history_names]
-            mixed = self.user_mlp(tf.concat(parts, axis=-1), training=training)
+            parts = [
+                self.encoders[s.name](features[s.source])
+                for s in self.user_inputs
+                if s.kind != "history"
+            ]
+            pooled = []
+            for name in self.history_names:
+                history = features[name]
+                weights = self._history_weights(history)[..., None]
+                vectors = (
+                    self._history_items(history, training)
+                    if self.item_table is not None
+                    else self.encoders[name].shared(history)
+                )
+                pooled.append(tf.reduce_sum(vectors * weights, axis=1))
+            mixed = self.user_mlp(tf.concat(parts + pooled, axis=-1), training=training)
             base = mixed + (tf.add_n(pooled) if pooled else 0.0)
             return tf.math.l2_normalize(base, axis=-1)
 
@@ -215,11 +270,50 @@ def _classes() -> dict[str, Any]:
     return {"FeatureEncoder": FeatureEncoder, "TwoTower": TwoTower}
 
 
+def _item_table_rows(stats: FeatureStats, items: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Raw item features in the illust_id lookup's row order (row 0: the OOV/padding row).
+
+    The count features (:data:`COUNT_FEATURES`) are 0 here: a table baked at training time
+    cannot hold them as of each query's cutoff, so history items are encoded without them.
+    """
+    vocab = np.asarray(stats.vocabularies.get("illust_id", []), dtype=np.int64)
+    ids = np.asarray(items["illust_id"], dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+    pos = np.clip(np.searchsorted(ids[order], vocab), 0, max(len(ids) - 1, 0))
+    known = ids[order][pos] == vocab if len(ids) else np.zeros(len(vocab), bool)
+    rows: dict[str, np.ndarray] = {}
+    for name in ITEM_FEATURES:
+        column = np.asarray(items[name])[order][pos]
+        if name == "tags":
+            body = np.where(known, column.astype(str), "")
+            text = [""] + [str(t) for t in body]
+            rows[name] = np.array([t.encode("utf-8") for t in text], dtype=object)
+        elif name == "illust_id":
+            rows[name] = np.concatenate([[0], vocab]).astype(np.int64)
+        elif name in COUNT_FEATURES:
+            rows[name] = np.zeros(len(vocab) + 1, np.int64)
+        else:
+            body = np.where(known, column.astype(np.int64), 0)
+            rows[name] = np.concatenate([[0], body]).astype(np.int64)
+    return rows
+
+
 def build_two_tower(
-    config: Sequence[FeatureSpec], stats: FeatureStats, params: ModelParams | None = None
+    config: Sequence[FeatureSpec],
+    stats: FeatureStats,
+    params: ModelParams | None = None,
+    *,
+    item_table: Mapping[str, np.ndarray] | None = None,
+    history_len: int = HISTORY_LEN,
 ) -> Any:
-    """A fresh :class:`TwoTower` Keras model for this config and fitted stats."""
-    return _classes()["TwoTower"](config, stats, params or ModelParams())
+    """A fresh :class:`TwoTower` Keras model for this config and fitted stats.
+
+    ``item_table``: raw item features (the :data:`ITEM_FEATURES` columns) of the training
+    catalogue; with it the user tower encodes its history items with the item tower.
+    """
+    return _classes()["TwoTower"](
+        config, stats, params or ModelParams(), item_table=item_table, history_len=history_len
+    )
 
 
 def to_tensors(features: Mapping[str, np.ndarray]) -> dict[str, Any]:

@@ -43,15 +43,24 @@ class ModelClient(Protocol):
 class LocalModel:
     """A SavedModel loaded in this process, called through its named signatures."""
 
-    def __init__(self, saved_model_dir: str | Path, *, version: int | None = None) -> None:
+    def __init__(
+        self,
+        saved_model_dir: str | Path,
+        *,
+        version: int | None = None,
+        signatures: tuple[str, ...] = SIGNATURES,
+    ) -> None:
+        """``signatures``: what the model must answer (the two-tower's by default; the
+        ranker's is ``("rank",)``)."""
         import tensorflow as tf
 
         self.path = Path(saved_model_dir)
         self.version = version
+        self.signatures = signatures
         if not (self.path / "saved_model.pb").exists():
             raise ModelVerificationError(f"no saved_model.pb under {self.path}")
         self._loaded = tf.saved_model.load(str(self.path))
-        missing = [s for s in SIGNATURES if s not in self._loaded.signatures]
+        missing = [s for s in signatures if s not in self._loaded.signatures]
         if missing:
             raise ModelVerificationError(
                 f"SavedModel {self.path} lacks signatures {missing}; "
@@ -68,7 +77,7 @@ class LocalModel:
         import tensorflow as tf
 
         if signature not in self._loaded.signatures:
-            raise ValueError(f"unknown signature {signature!r}; expected one of {SIGNATURES}")
+            raise ValueError(f"unknown signature {signature!r}; expected one of {self.signatures}")
         specs = self.input_specs(signature)
         missing = sorted(set(specs) - set(inputs))
         if missing:

@@ -24,6 +24,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from tasks.core.common import get_logger
+from tasks.model import constants
 
 log = get_logger("recall")
 
@@ -188,6 +189,14 @@ def combine_neighbors(
         for item, sim in pairs:
             totals[item] = totals.get(item, 0.0) + sim
     return sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+I2I_SEEDS = constants.I2I_SEEDS  # re-exported: the API and precompute import it from here
+
+
+def follow_new_scored(ids: Sequence[int]) -> list[tuple[int, float]]:
+    """The follow_new channel's list (newest first) scored ``1 / (rank + 1)``."""
+    return [(int(i), 1.0 / (r + 1)) for r, i in enumerate(ids)]
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ SINGLE_OUTPUT_NAMES: dict[str, str] = {
     "item_tower": "embedding",
     "user_tower": "embedding",
     "score": "score",
+    "rank": "score",  # the ranker's signature (tasks.model.ranker.model.SIGNATURE)
 }
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ import numpy as np
 
 from tasks.core.common import StageResult, get_logger
 from tasks.core.settings import Settings
+from tasks.model.constants import HOT_N
 from tasks.serving.kv import open_kv
 from tasks.serving.namespace import (
     clear_namespace,
@@ -326,7 +327,7 @@ def build_kv_payload(
     histories: np.ndarray,
     frames: Any,
     as_of: datetime,
-    hot_n: int = 500,
+    hot_n: int = HOT_N,
 ) -> dict[str, bytes]:
     """Every key of one namespace except ``meta`` (written last)."""
     from tasks.serving.recall import (
@@ -382,7 +383,8 @@ def refresh_vectors(
     as_of = data_as_of(frames.interactions)
     tag = refresh_tag(version, as_of)
     name = collection_name(version, as_of)
-    item_ids, item_features = load_item_features(engine)
+    # Counts by the training definition: every interaction up to and including the data clock.
+    item_ids, item_features = load_item_features(engine, as_of=as_of + timedelta(seconds=1))
     user_ids, user_features = load_user_features(engine)
     if len(item_ids) == 0:
         raise RefreshError("mirror_illusts is empty: nothing to index")

@@ -13,7 +13,10 @@ small server follows the documented REST surface closely enough for that:
 Like TF-Serving with ``--model_config_file`` and a poll interval, a background thread
 re-reads ``models.config`` (``specific`` versions) or, without one, serves the newest
 numeric version directory under ``<base_path>/<name>/``, and loads SavedModels in process
-with ``tasks.serving.local_model.LocalModel``. Production runs the real TF-Serving (infra/).
+with ``tasks.serving.local_model.LocalModel``. Several models can be served at once (one
+``models.config`` holding the two-tower and the ranker): a model named in
+``model_signatures`` must answer those signatures to load (the ranker: ``rank``), any other
+the two-tower's. Production runs the real TF-Serving (infra/).
 
 Run: ``python -m tests.doubles.tfserving_standin --base-path DIR --model-name NAME --port 8501``.
 """
@@ -64,11 +67,15 @@ class StandInModelServer:
         host: str = "127.0.0.1",
         port: int = 0,
         poll_s: float = 0.2,
+        model_signatures: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.base_path = Path(base_path)
         self.model_name = model_name
         self.config_file = Path(config_file) if config_file else self.base_path / "models.config"
         self.poll_s = poll_s
+        self.model_signatures = (
+            {"ranker": ("rank",)} if model_signatures is None else dict(model_signatures)
+        )
         self._models: dict[tuple[str, int], Any] = {}
         self._states: dict[tuple[str, int], tuple[str, str]] = {}
         self._lock = threading.Lock()
@@ -114,7 +121,12 @@ class StandInModelServer:
                     continue
                 self._states[key] = ("LOADING", "")
                 try:
-                    model = LocalModel(path, version=version)
+                    required = self.model_signatures.get(name)
+                    model = (
+                        LocalModel(path, version=version, signatures=required)
+                        if required
+                        else LocalModel(path, version=version)
+                    )
                 except Exception as exc:  # a bad model must not kill the server
                     log.warning("stand-in: loading %s v%s failed: %s", name, version, exc)
                     self._states[key] = ("END", f"{type(exc).__name__}: {exc}")

@@ -78,6 +78,7 @@ def test_realtime_path_merges_channels_and_drops_seen(client, prepared) -> None:
     user = prepared["realtime_users"][0]
     body = client.get(f"/recommend/{user}", params={"k": 12}).json()
     assert body["source"] == "realtime" and body["degraded"] == []
+    assert body["ranked"] is False  # no ranker deployed: round robin, not degraded
     ids = [item["illust_id"] for item in body["items"]]
     assert len(ids) == 12 == len(set(ids))
     assert not set(ids) & _seen(prepared, user)
@@ -208,6 +209,7 @@ def test_similar_version_and_health(client, prepared) -> None:  # type: ignore[n
     assert target not in {i["illust_id"] for i in similar["items"]}
     assert client.get("/version").json() == {
         "model_version": 1,
+        "ranker_version": None,  # no ranker deployed here (tests/integration/test_api_ranking.py)
         "collection": prepared["collection"],
         "items_alias_target": prepared["collection"],
         "kv_namespace": prepared["ns"],

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-MODELS = ("MostPop", "ItemKNN", "EASE", "two_tower", "served", "served_precomputed")
+MODELS = (
+    "MostPop", "ItemKNN", "EASE", "two_tower", "served", "served_no_ranker", "served_precomputed",
+)  # fmt: skip
 METRICS = ("HR@10", "NDCG@10", "HR@20", "NDCG@20")
 
 
@@ -68,4 +70,15 @@ def test_bench_json_shape_and_finite_numbers(tmp_path: Path) -> None:
     best = max(result["models"][n]["HR@10"] for n in ("MostPop", "ItemKNN", "EASE"))
     if best > 0:
         assert result["ratio"] == round(result["models"]["served"]["HR@10"] / best, 4)
+    # with the ranker (when a champion is deployed) vs today's round-robin order
+    if result["ranker_version"] is None:
+        assert result["models"]["served_no_ranker"] == result["models"]["served"]
+        assert result["ranker_note"].startswith("no ranker champion deployed")
+    else:
+        note = result["ranker_note"]
+        assert note.startswith(f"served ranked by ranker v{result['ranker_version']}"), note
+        realtime = result["served_sources"]["realtime"]
+        # every list the realtime path answered (not the hot fallback) was ranked
+        assert realtime["ranked"] == realtime.get("realtime", 0), realtime
+    assert result["two_tower_alias"] in ("champion", "challenger")
     assert result["seconds"] > 0 and result["peak_rss_mb"] > 0

@@ -22,7 +22,9 @@ def test_itemknn_cosine_by_hand() -> None:
     User 2 (likes i2): scores [0.5, 0.5, 0]. User 0 (i0, i1): [1, 1, 1]."""
     x = sp.csr_matrix(np.array([[1, 1, 0], [1, 1, 1], [0, 0, 1]], dtype=float))
     model = ItemKNN().fit(x)
-    assert model.similarity_ == pytest.approx(np.array([[0, 1, 0.5], [1, 0, 0.5], [0.5, 0.5, 0]]))
+    assert model.similarity_.toarray() == pytest.approx(
+        np.array([[0, 1, 0.5], [1, 0, 0.5], [0.5, 0.5, 0]])
+    )
     assert model.score(x[[2, 0]]) == pytest.approx(np.array([[0.5, 0.5, 0], [1, 1, 1]]))
 
 
@@ -43,10 +45,24 @@ def test_ease_rejects_non_positive_lambda() -> None:
         EASE(l2=-1)
 
 
-def test_evaluate_baselines_skips_dense_models_on_large_catalogues() -> None:
+def test_ease_capped_to_the_most_bookmarked_items_by_hand() -> None:
+    """X = [[1,1,0],[1,0,0]], lambda 1, max_items 2: items 0 (2 bookmarks) and 1 (1) are kept,
+    so B is the 2x2 case above, [[0,1/3],[0.5,0]]; item 2 scores min(kept scores) - 1.
+    User [0,1,0] scores [B_10, 0, 0 - 1] = [0.5, 0, -1]."""
+    x = sp.csr_matrix(np.array([[1, 1, 0], [1, 0, 0]], dtype=float))
+    model = EASE(l2=1.0, max_items=2).fit(x)
+    assert model.items_.tolist() == [0, 1]
+    assert model.weights_ == pytest.approx(np.array([[0, 1 / 3], [0.5, 0]]))
+    assert model.score(sp.csr_matrix(np.array([[0.0, 1.0, 0.0]]))) == pytest.approx(
+        np.array([[0.5, 0.0, -1.0]])
+    )
+
+
+def test_evaluate_baselines_caps_ease_on_large_catalogues() -> None:
     """Users 1-3 bookmark item 10 then their own item (11-13): with max_dense_items=3
-    (< 4 items) only MostPop runs. Its test items (popularity 0) tie with each other and
-    sit below item 10, which is seen: rank 0 for all -> HR@10 = 1."""
+    (< 4 items) ItemKNN (sparse) runs in full and EASE on the 3 most bookmarked items.
+    MostPop: each test item (popularity 0) ties with the 2 other unseen items 11-13 (item 10
+    is seen) -> rank 0 + 2 // 2 = 1 -> HR@10 = 1, NDCG@10 = 1/log2(3)."""
     from datetime import datetime
 
     import pandas as pd
@@ -57,5 +73,7 @@ def test_evaluate_baselines_skips_dense_models_on_large_catalogues() -> None:
     rows += [(u, 10 + u, 1, datetime(2024, 1, 2)) for u in (1, 2, 3)]
     frame = pd.DataFrame(rows, columns=["user_id", "illust_id", "label", "create_time"])
     out = evaluate_baselines(leave_last_positive_split(frame), max_dense_items=3)
-    assert set(out) == {"MostPop"}
+    assert set(out) == {"MostPop", "ItemKNN", "EASE"}
+    assert out["EASE"]["items"] == 3.0
     assert out["MostPop"]["HR@10"] == 1.0
+    assert out["MostPop"]["NDCG@10"] == pytest.approx(1 / np.log2(3))

@@ -6,8 +6,10 @@ decisions, not TensorFlow; the MostPop reference is computed for real on a tiny 
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -179,11 +181,24 @@ def test_gate_tags_the_decision_scores_and_deciding_run_and_links_the_run(settin
     assert {k: v for k, v in ref.tags.items() if k.startswith("gate")} == {
         "gate_decision": "not promoted",
         "gate_reason": "HR@10 0.2500 does not beat champion v1 0.5000 + margin 0 "
-        "on 12 holdout users",
+        "on 12 holdout users (floor: strongest; HR@10/NDCG@10: "
+        f"v{v2} 0.2500/0.1250, MostPop 0.0000/0.0000, ItemKNN 0.0000/0.0000, "
+        f"EASE 0.0000/0.0000, champion v{v1} 0.5000/0.2500; EASE (lambda 100) on all 24 items)",
         "gate.metric": "HR@10",
         "gate.challenger_score": "0.250000",
         "gate.reference": f"champion v{v1}",
         "gate.reference_score": "0.500000",
+        "gate.scores": json.dumps(
+            {
+                f"v{v2}": {"HR@10": 0.25, "NDCG@10": 0.125},
+                "MostPop": {"HR@10": 0.0, "NDCG@10": 0.0},
+                "ItemKNN": {"HR@10": 0.0, "NDCG@10": 0.0},
+                "EASE": {"HR@10": 0.0, "NDCG@10": 0.0},
+                f"champion v{v1}": {"HR@10": 0.5, "NDCG@10": 0.25},
+            },
+            sort_keys=True,
+        ),
+        "gate.baselines": "EASE (lambda 100) on all 24 items",
         "gate.airflow_run_id": "manual__2024-02-01",
         "gate.airflow_task_instance_url": lineage.ti_url,
     }
@@ -195,3 +210,79 @@ def test_gate_tags_the_decision_scores_and_deciding_run_and_links_the_run(settin
         f"http://mlflow.test:5000/#/experiments/{run.info.experiment_id}/runs/{ref.run_id}"
     )
     assert decision.as_dict()["run_url"] == decision.run_url
+
+
+def strong_knn_holdout() -> Holdout:
+    """Test users 1..10 bookmark item 1, then item 2 (test). Users 20..29 bookmark items 1
+    and 2, then their own item 100+u (test, never bookmarked before). Users 30..44 bookmark
+    item 3, users 60..85 one tail item 4..29 each (single bookmarks: no test item).
+    Train popularity: item 1: 20, item 3: 15, item 2: 10, tail 1, items 120..129: 0.
+    Users 1..10: ItemKNN ranks item 2 first (cos(1,2) > 0, nothing else co-occurs) -> rank 0;
+    MostPop puts item 3 above it -> rank 1. Users 20..29: the test item scores 0 for both
+    and ties with 36 (ItemKNN: every unseen item) -> rank 18, or sits below 27 items
+    (MostPop) -> misses. So HR@10 = 0.5 for both, NDCG@10: ItemKNN 0.5, MostPop
+    0.5 / log2(3) = 0.3155."""
+    t0 = datetime(2024, 1, 1)
+    t1 = t0 + timedelta(days=1)
+    rows = []
+    for u in range(1, 11):
+        rows += [(u, 1, 1, t0), (u, 2, 1, t1)]
+    for u in range(20, 30):
+        rows += [(u, 1, 1, t0), (u, 2, 1, t0), (u, 100 + u, 1, t1)]
+    rows += [(u, 3, 1, t0) for u in range(30, 45)]
+    rows += [(60 + k, 4 + k, 1, t0) for k in range(26)]
+    frame = pd.DataFrame(rows, columns=["user_id", "illust_id", "label", "create_time"])
+    return Holdout(split=leave_last_positive_split(frame), catalogue=None)
+
+
+def fixed_scorer(metrics: dict[str, float]):  # type: ignore[no-untyped-def]
+    return lambda settings, ref, holdout: dict(metrics)
+
+
+def test_first_model_must_beat_the_strongest_baseline_not_just_mostpop(settings) -> None:  # type: ignore[no-untyped-def]
+    """NDCG@10 0.4 beats MostPop (0.3155) but not ItemKNN (0.5): refused."""
+    holdout = strong_knn_holdout()
+    (v1,) = make_versions(settings, 1)
+    decision = promote_if_better(
+        settings,
+        v1,
+        holdout=holdout,
+        metric="NDCG@10",
+        scorer=fixed_scorer({"HR@10": 0.5, "NDCG@10": 0.4}),
+    )
+    assert decision.scores["ItemKNN"] == {"HR@10": 0.5, "NDCG@10": 0.5}
+    assert decision.scores["MostPop"]["HR@10"] == 0.5
+    assert decision.scores["MostPop"]["NDCG@10"] == pytest.approx(0.5 / np.log2(3))
+    assert set(decision.scores) == {f"v{v1}", "MostPop", "ItemKNN", "EASE"}
+    assert not decision.promoted and decision.reference in ("ItemKNN", "EASE")
+    assert decision.reference_score >= 0.5
+    assert "ItemKNN 0.5000/0.5000" in decision.reason
+    assert resolve_alias(settings, CHAMPION) is None
+
+
+def test_floor_can_name_one_baseline(settings) -> None:  # type: ignore[no-untyped-def]
+    """floor="MostPop": only MostPop (NDCG@10 0.3155) is the floor, so 0.4 is promoted."""
+    (v1,) = make_versions(settings, 1)
+    holdout = strong_knn_holdout()
+    scorer = fixed_scorer({"HR@10": 0.5, "NDCG@10": 0.4})
+    decision = promote_if_better(
+        settings, v1, holdout=holdout, scorer=scorer, metric="NDCG@10", floor="MostPop"
+    )
+    assert decision.promoted and decision.reference == "MostPop"
+    assert decision.reference_score == pytest.approx(0.5 / np.log2(3))
+    with pytest.raises(ValueError, match="'best'"):
+        promote_if_better(settings, v1, holdout=holdout, scorer=scorer, floor="best")
+
+
+def test_ease_cap_is_stated_in_the_record(settings) -> None:  # type: ignore[no-untyped-def]
+    (v1,) = make_versions(settings, 1)
+    holdout = strong_knn_holdout()
+    decision = promote_if_better(
+        settings, v1, holdout=holdout, scorer=scorer_from({v1: 0.9}), max_dense_items=5
+    )
+    n_items = holdout.split.n_items
+    assert f"on the 5 most bookmarked of {n_items} items (max_dense_items 5)" in decision.reason
+    tags = {r.version: r.tags for r in list_versions(settings)}[v1]
+    assert tags["gate.baselines"].endswith(
+        f"5 most bookmarked of {n_items} items (max_dense_items 5)"
+    )

@@ -41,6 +41,16 @@ def test_ranks_count_strictly_higher_unseen_only() -> None:
     assert ranks.tolist() == [1, 0]
 
 
+def test_ties_take_the_median_position() -> None:
+    """Row 0: all five items score 0 -> the test item ties with 4 -> rank 0 + 4 // 2 = 2.
+    Row 1: item 0 is higher, items 1-3 tie with test item 4 -> rank 1 + 3 // 2 = 2; with item 1
+    seen (row 2) only 2 ties remain -> rank 1 + 1 = 2; a scorer that knows nothing no longer
+    ranks the test item first."""
+    scores = np.array([[0.0] * 5, [1.0, 0, 0, 0, 0], [1.0, 0, 0, 0, 0]])
+    seen = np.array([[0] * 5, [0] * 5, [0, 1, 0, 0, 0]])
+    assert ranks_of_test_items(scores, seen, np.array([0, 4, 4])).tolist() == [2, 2, 2]
+
+
 def test_ranks_reject_nan_scores() -> None:
     with pytest.raises(EvaluationInputError, match="NaN"):
         ranks_of_test_items(np.array([[np.nan, 1.0]]), np.zeros((1, 2)), np.array([0]))

@@ -246,10 +246,13 @@ def _checkpoint_sqlite_wal(target: Path) -> None:
 
 
 def _forget_cached_engine(url: str) -> None:
-    """Close pooled connections of ``tasks.core.db.get_engine`` so readers reopen the new file."""
-    from tasks.core.db import get_engine
+    """Close pooled connections of both cached engines for ``url`` (``tasks.core.db``) so
+    readers and read-only readers reopen the new file."""
+    from tasks.core.db import get_engine, get_read_only_engine
 
     get_engine(url).dispose()
+    if url.startswith(("sqlite", "mysql", "mariadb")):
+        get_read_only_engine(url).dispose()
 
 
 def _new_table(table: sa.Table, name: str) -> sa.Table:
@@ -436,9 +439,9 @@ def _write_meta(conn: sa.Connection, table: sa.Table, meta: dict[str, str]) -> N
 def read_replica_meta(replica_url: str) -> dict[str, str]:
     """The replica's ``replica_meta`` rows as a dict; empty when the table does not exist
     (a replica written before it existed, or by another tool)."""
-    from tasks.core.db import get_engine
+    from tasks.core.db import get_read_only_engine
 
-    engine = get_engine(replica_url)
+    engine = get_read_only_engine(replica_url)
     with engine.connect() as conn:
         if not sa.inspect(conn).has_table(REPLICA_META.name):
             return {}
@@ -448,8 +451,8 @@ def read_replica_meta(replica_url: str) -> dict[str, str]:
 
 def read_business_counts(replica_url: str) -> dict[str, int]:
     """Rows per business table at ``replica_url`` (for summaries and checks)."""
-    from tasks.core.db import get_engine
+    from tasks.core.db import get_read_only_engine
 
-    engine = get_engine(replica_url)
+    engine = get_read_only_engine(replica_url)
     with engine.connect() as conn:
         return {name: _count_rows(conn, BUSINESS_TABLES[name]) for name in TABLE_ORDER}

@@ -243,6 +243,12 @@ class PlantedStructure:
         return by_artist | by_tag
 
 
+DEMO_CONFIG = GeneratorConfig(
+    n_users=400, n_illusts=1500, n_artists=120, days=7, start_date="2026-10-01", seed=3
+)
+"""``make demo``'s site (scripts/demo.py's defaults; ``bench/quality.py --format demo``)."""
+
+
 def generate_frames(config: GeneratorConfig) -> BusinessFrames:
     """Generate users, illusts, interactions and follows for ``config`` (same seed → same frames)."""
     return generate_with_structure(config)[0]

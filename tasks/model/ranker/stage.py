@@ -5,7 +5,8 @@ computes point-in-time features (:mod:`tasks.model.ranker.features`), cuts the l
 ``val_share`` of rows (by request time) off as validation, trains, and logs a separate run
 in the two-tower's MLflow experiment with AUC, GAUC, logloss and the per-user list metrics
 (NDCG@k/HR@k of each user's validation rows ranked by the model) plus the exported
-SavedModel (signature ``rank``). Not yet called by any DAG.
+SavedModel (signature ``rank``). Called by ``recsys_train``'s ``train_ranker`` task after
+the two-tower, on the same interval.
 """
 
 from __future__ import annotations

@@ -10,6 +10,11 @@ History leakage: a positive's history is the user's bookmarks strictly before th
 time (so it never holds the target or anything later); a negative's history is as of the end
 of the data interval (it is never in the user's bookmarks anyway). The evaluation holdout is
 passed in as ``exclude_pairs`` and removed from the stream.
+
+Item counts are point in time too: an example's ``total_bookmarks`` / ``total_view`` are
+:class:`~tasks.model.features.ItemCounts` as of the same cutoff as its history, counted over
+the split's train part (:func:`point_in_time_catalogue`), so neither later interactions nor
+the holdout's reach a feature; the replica's live totals are never read as features.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from tasks.core.common import get_logger
-from tasks.model.features import BookmarkHistory, item_features_from_frame
+from tasks.model.features import BookmarkHistory, ItemCounts, item_features_from_frame
 from tasks.model.scoring import ItemCatalogue
 from tasks.model.training.config import TrainParams
 
@@ -66,6 +71,27 @@ def read_training_inputs(
         by_label,
     )
     return catalogue, interactions, by_label
+
+
+def point_in_time_catalogue(
+    catalogue: ItemCatalogue, train_interactions: pd.DataFrame, as_of: datetime
+) -> tuple[ItemCatalogue, ItemCounts, dict[str, np.ndarray]]:
+    """Item counts over ``train_interactions`` (the split's train part: holdout rows never
+    count); the catalogue with its count features as of ``as_of`` (the interval end, for the
+    export check); and the columns to fit feature stats on.
+
+    Those columns are the catalogue's, except the count features: the counts of every train
+    bookmark's item as of that bookmark (its own second excluded), i.e. the point-in-time
+    values the training examples carry, so the bucket boundaries cut what the model trains on.
+    """
+    counts = ItemCounts.from_frame(train_interactions)
+    current = ItemCatalogue.from_features(counts.apply(catalogue.features, as_of))
+    bookmarks = train_interactions[train_interactions["label"] == 1]
+    cutoffs = pd.to_datetime(bookmarks["create_time"]).to_numpy().astype("datetime64[s]")
+    at_examples = counts.as_of(bookmarks["illust_id"].to_numpy(np.int64), cutoffs)
+    if not len(bookmarks):  # nothing to fit on: fall back to the counts as of ``as_of``
+        at_examples = {name: current.features[name] for name in at_examples}
+    return current, counts, {**current.features, **at_examples}
 
 
 def _val_mask(user_ids: np.ndarray, item_ids: np.ndarray, share: float) -> np.ndarray:
@@ -130,6 +156,7 @@ class SampleStream:
     logq_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     logq_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     cache_dir: Path | None = None
+    item_counts: ItemCounts | None = None  # None: the catalogue's count columns as they are
 
     def __post_init__(self) -> None:
         pairs = np.asarray(self.exclude_pairs, dtype=np.int64).reshape(-1, 2)
@@ -154,6 +181,8 @@ class SampleStream:
         as_of = np.where(np.isnat(event), end_us, event.astype(np.int64))
         batch = self.catalogue.gather(items)
         batch["tags"] = batch["tags"].astype(str)  # once per chunk, not per batch
+        if self.item_counts is not None:  # as of the example's cutoff, like its history
+            batch.update(self.item_counts.as_of(items, as_of))
         batch["user_id"] = users
         batch["history"] = self.history.histories(users, as_of, self.params.history_len)
         batch["label"] = frame["label"].to_numpy(np.float32)

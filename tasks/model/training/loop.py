@@ -26,18 +26,18 @@ def _loss_fn(model: Any, loss: str) -> Callable[[Mapping[str, Any], bool], Any]:
         )
 
     def inbatch_softmax(batch: Mapping[str, Any], training: bool) -> Any:
+        # keras-rs retrieval layers: logQ (sampling-probability) correction, then the other
+        # rows' copies of a row's own item are masked out of its negatives.
+        import keras_rs
+
         users = model.user_embedding(batch, training=training)
         items = model.item_embedding(batch, training=training)
         logits = model.logit_scale * tf.matmul(users, items, transpose_b=True)
-        logits -= batch["logq"][None, :]  # logQ correction: popular items are over-sampled
-        ids = batch["illust_id"]
-        same = tf.equal(ids[:, None], ids[None, :])
-        eye = tf.eye(tf.shape(ids)[0], dtype=tf.bool)
-        logits = tf.where(same & ~eye, tf.constant(-1e9, logits.dtype), logits)
-        labels = tf.range(tf.shape(ids)[0])
-        return tf.reduce_mean(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-        )
+        probability = tf.broadcast_to(tf.exp(batch["logq"])[None, :], tf.shape(logits))
+        logits = keras_rs.layers.SamplingProbabilityCorrection()(logits, probability)
+        labels = tf.eye(tf.shape(logits)[0], dtype=logits.dtype)
+        logits = keras_rs.layers.RemoveAccidentalHits()(logits, labels, batch["illust_id"])
+        return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits))
 
     return pointwise if loss == "pointwise" else inbatch_softmax
 

@@ -34,7 +34,11 @@ from tasks.model.scoring import ItemCatalogue, keras_towers, tower_scores
 from tasks.model.training.config import TrainParams
 from tasks.model.training.dataset import dataset_from_batches
 from tasks.model.training.errors import NonFiniteLossError, TrainingDataError
-from tasks.model.training.examples import SampleStream, read_training_inputs
+from tasks.model.training.examples import (
+    SampleStream,
+    point_in_time_catalogue,
+    read_training_inputs,
+)
 from tasks.model.training.loop import fit_model
 from tasks.model.training.tracking import (
     experiment_id,
@@ -148,7 +152,9 @@ def _train(
     holdout = np.stack(
         [split.user_ids[split.test_user_idx], split.item_ids[split.test_item_idx]], axis=1
     )
-    item_columns = {k: v for k, v in catalogue.features.items()}
+    # Item counts from the split's train part, never the replica's live totals: each example
+    # gets them as of its cutoff, and the boundaries are fitted on those point-in-time values.
+    catalogue, item_counts, item_columns = point_in_time_catalogue(catalogue, split.train, end)
     stats = fit_feature_stats(config, item_columns)
     # Histories and logQ from the split's train part: the holdout items never leak into
     # a training history (not even a negative's, which is cut at the interval end).
@@ -162,8 +168,11 @@ def _train(
         history=BookmarkHistory.from_frame(bookmarks),
         params=params,
         exclude_pairs=holdout,
+        item_counts=item_counts,
         logq_ids=pop.index.to_numpy(np.int64),
-        logq_values=np.log(pop.to_numpy() / max(pop.sum(), 1)).astype(np.float32),
+        logq_values=(params.logq_weight * np.log(pop.to_numpy() / max(pop.sum(), 1))).astype(
+            np.float32
+        ),
         cache_dir=cache_dir / "samples",
     )
 
@@ -171,7 +180,16 @@ def _train(
     model = build_two_tower(
         config,
         stats,
-        ModelParams(dim=params.dim, hidden=params.hidden, dropout=params.dropout, l2=params.l2),
+        ModelParams(
+            dim=params.dim,
+            hidden=params.hidden,
+            dropout=params.dropout,
+            l2=params.l2,
+            init_scale=params.scale,
+            recency=params.recency,
+        ),
+        item_table=catalogue.features if params.history_items else None,
+        history_len=params.history_len,
     )
     run_experiment = experiment_id(settings)
     title = run_name("two_tower", start, end, lineage)
