@@ -55,10 +55,10 @@ stack-down: setup
 	$(ENV) $(PY) scripts/stack.py down
 
 ## System tests on a fresh stack (tests/system): clean, up, pytest -m system, always down.
-## test_pipeline.py first: it trains and deploys the model the other system tests need.
+## test_pipeline.py runs first (tests/system/conftest.py): it deploys the model the faults need.
 test-system: setup services
 	@mkdir -p var
 	$(ENV) $(PY) scripts/stack.py clean
 	$(ENV) trap '$(PY) scripts/stack.py down' EXIT; \
 	  $(PY) scripts/stack.py up && \
-	  $(PY) -m pytest -m system tests/system/test_pipeline.py tests/system $(PYTEST_ARGS)
+	  $(PY) -m pytest -m system tests/system $(PYTEST_ARGS)

@@ -45,11 +45,14 @@ TERMINAL_RUN_STATES = {"success", "failed"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test in this folder ``system`` (deselected by default)."""
+    """Mark every test in this folder ``system`` (deselected by default), and run
+    ``test_pipeline.py`` first: it trains and deploys the model the fault tests need."""
     here = Path(__file__).parent
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.system)
+    order = {"test_pipeline.py": 0, "test_replica.py": 1}
+    items.sort(key=lambda item: order.get(Path(str(item.fspath)).name, 2))
 
 
 def wait_until(check: Callable[[], Any], timeout_s: float, what: str, every_s: float = 2) -> Any:
