@@ -210,11 +210,13 @@ def recsys_train() -> None:
             )
         from plugins.lineage import lineage_from_context
 
+        settings = task_settings()
         decision = promote_if_better(
-            task_settings(),
+            settings,
             version,
             metric=params["gate_metric"],
             margin=params["gate_margin"],
+            floor=settings.gate_floor,
             lineage=lineage_from_context(),
         )
         return announce_decision(decision.as_dict() | {"version": version})

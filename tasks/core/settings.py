@@ -61,6 +61,9 @@ class Settings:
     # The ranker (issue 12): its TF-Serving model name and its MLflow registered model.
     ranker_model_name: str = "ranker"
     ranker_registered_model_name: str = "ranker"
+    # The two-tower gate's baseline floor (model_registry.gate): "strongest" of MostPop /
+    # ItemKNN / EASE, or one of them by name (env RECSYS_GATE_FLOOR).
+    gate_floor: str = "strongest"
 
     @property
     def gx_dir(self) -> Path:
@@ -106,6 +109,7 @@ def load_settings(home: str | os.PathLike[str] | None = None) -> Settings:
         model_name=_env("RECSYS_MODEL_NAME") or "two_tower",
         registered_model_name=_env("RECSYS_REGISTERED_MODEL") or "recsys4pix_two_tower",
         site_launch=_env("RECSYS_SITE_LAUNCH") or "2007-09-10",
+        gate_floor=_env("RECSYS_GATE_FLOOR") or "strongest",
         max_replica_lag_s=float(_env("RECSYS_MAX_REPLICA_LAG_S") or 300),
         mlflow_ui_url=(_env("RECSYS_MLFLOW_UI_URL") or "http://127.0.0.1:5000").rstrip("/"),
         ranker_model_name=_env("RECSYS_RANKER_MODEL_NAME") or "ranker",
