@@ -1,6 +1,6 @@
 """Quality through the product: load -> real DAGs -> registered champion and the API's lists.
 
-Usage: ``python bench/pipeline_quality.py [--data PATH] [--format ml-100k|movielens-csv]
+Usage: ``python bench/pipeline_quality.py [--data PATH] [--format ml-100k|movielens-csv|demo]
 [--home DIR] [--keep] [--airflow-home DIR] [--epochs N]`` (default: ../shared/data/ml-100k).
 
 1. Cut the temporal leave-last-positive split of ../shared/EVALUATION.md from the data set.
@@ -8,7 +8,9 @@ Usage: ``python bench/pipeline_quality.py [--data PATH] [--format ml-100k|moviel
    positive; later ones dropped) in the same layout to a temporary folder, and load it into
    a fresh RECSYS_HOME's replica with ``recsys-data load``: the held-out positives never
    reach the replica, so no DAG, feature or model can see them. (``tags.csv`` is not copied:
-   its user tags carry their own timestamps.)
+   its user tags carry their own timestamps.) ``--format demo``: ``make demo``'s synthetic site
+   (``DEMO_CONFIG``), its train part written to the replica directly, illust totals recounted
+   from it.
 3. Run the real DAGs with ``tests/doubles/dagrun.run_dag`` (as scripts/demo.py does), with
    default Params, over ONE interval covering the data set's whole span (day-aligned):
    recsys_extract_validate -> recsys_train -> recsys_deploy -> (score the API: realtime)
@@ -126,6 +128,34 @@ def write_train_part(src: Path, fmt: str, train: pd.DataFrame, dst: Path) -> Pat
     return dst
 
 
+def _demo_frames() -> Any:
+    """``make demo``'s synthetic site (``DEMO_CONFIG``: its sizes and seed)."""
+    from tasks.data.sources.generate import DEMO_CONFIG, generate_frames
+
+    return generate_frames(DEMO_CONFIG)
+
+
+def write_demo_train_part(full: Any, train: pd.DataFrame) -> None:
+    """The synthetic site to the replica with only ``train``'s interactions, its illusts'
+    total_view / total_bookmarks recounted from them (the generator's totals count the
+    held-out positives too)."""
+    import dataclasses
+
+    from tasks.core.settings import load_settings
+    from tasks.data.sources.frames import write_business_frames
+
+    keys = ["user_id", "illust_id", "label", "create_time"]
+    kept = full.interactions.merge(train[keys].drop_duplicates(), on=keys, how="inner")
+    kept = kept[list(full.interactions.columns)]
+    illusts = full.illusts.copy()
+    views = kept.groupby("illust_id").size()
+    marks = kept[kept["label"] == 1].groupby("illust_id").size()
+    illusts["total_view"] = illusts["illust_id"].map(views).fillna(0).astype(np.int64)
+    illusts["total_bookmarks"] = illusts["illust_id"].map(marks).fillna(0).astype(np.int64)
+    frames = dataclasses.replace(full, interactions=kept, illusts=illusts)
+    write_business_frames(frames, load_settings().replica_url)
+
+
 def _quiet_fds(path: Path) -> Any:
     """Send fd 1 and 2 (Airflow's and TensorFlow's chatter) to ``path``, appending."""
     from tests.doubles.dagrun import fds_to
@@ -174,7 +204,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the data set's folder",
     )
     parser.add_argument(
-        "--format", dest="fmt", default="ml-100k", choices=("ml-100k", "movielens-csv")
+        "--format",
+        dest="fmt",
+        default="ml-100k",
+        choices=("ml-100k", "movielens-csv", "demo"),
+        help="demo: scripts/demo.py's synthetic site (DEMO_CONFIG; --data unused)",
     )
     parser.add_argument("--home", default=None, help="RECSYS_HOME to use (default: a new tmp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the tmp RECSYS_HOME")
@@ -227,18 +261,21 @@ def _bench(
     from tasks.model.evaluate import evaluate_baselines, leave_last_positive_split
 
     t = time.perf_counter()
-    full = read_dataset(args.data, args.fmt)
+    full = _demo_frames() if args.fmt == "demo" else read_dataset(args.data, args.fmt)
     split = leave_last_positive_split(
         full.interactions, item_ids=full.illusts["illust_id"].to_numpy()
     )
-    train_dir = write_train_part(Path(args.data), args.fmt, split.train, home / "train-data")
     _airflow_db(home, airflow_home)
-    from tasks.data.sources.cli import main as recsys_data
+    if args.fmt == "demo":
+        write_demo_train_part(full, split.train)
+    else:
+        train_dir = write_train_part(Path(args.data), args.fmt, split.train, home / "train-data")
+        from tasks.data.sources.cli import main as recsys_data
 
-    with _quiet_fds(log_path):
-        status = recsys_data(["load", "--format", args.fmt, str(train_dir)])
-    if status != 0:
-        raise SystemExit(f"recsys-data load failed ({status}); log: {log_path}")
+        with _quiet_fds(log_path):
+            status = recsys_data(["load", "--format", args.fmt, str(train_dir)])
+        if status != 0:
+            raise SystemExit(f"recsys-data load failed ({status}); log: {log_path}")
     stages["load"] = time.perf_counter() - t
     times = pd.to_datetime(split.train["create_time"])
     start = times.min().floor("D").to_pydatetime()

@@ -13,15 +13,21 @@ the promotion gate.
 * `build_samples`: random + popularity-weighted negatives written with INSERT IGNORE,
   then positives with REPLACE INTO, keyed on `(user_id, illust_id)`.
 * `train`: TF/Keras two-tower on the samples table; curves, plots, the feature config and
-  baseline metrics are logged to the MLflow run.
+  baseline metrics are logged to the MLflow run. Retried once after 10 s (a lost worker):
+  the retry reuses the interval's finished run, so one model version results.
 * `register`: new version of the registered model with alias **challenger**.
 * `promotion_gate`: challenger vs current **champion** on the same holdout; promotes only
-  if it wins by `gate_margin` on `gate_metric` (first model: must beat MostPop). When it
+  if it wins by `gate_margin` on `gate_metric` against the champion and the strongest of
+  MostPop / ItemKNN / EASE scored in the same run (the first model too; the floor is
+  `RECSYS_GATE_FLOOR`, default `strongest`). When it
   does not, the run ends cleanly, the reason is in the log and on the version's
   `gate_reason` tag, and `publish_champion` is skipped.
 * `publish_champion` publishes **recsys_champion_model**, which schedules `recsys_deploy`.
-* `train_ranker` (after `train`, same interval): the DCN-V2 ranker on the interval's shown
-  rows and sampled negatives; AUC, GAUC, logloss and list metrics in its own MLflow run.
+* `train_ranker` (after `train`, same interval): the DCN-V2 ranker on candidate sets built
+  like the API's pool (recall channels, ANN from the just-trained two-tower's export) at
+  earlier positives of each user below the gate's holdout, with or without the interval's
+  shown rows and sampled negatives (picked on validation users); AUC, GAUC, logloss and list
+  metrics in its own MLflow run.
   `register_ranker`: new version of the registered model **ranker** (alias challenger).
   `ranker_gate` (after `promotion_gate`, so the ANN channel is the newest two-tower
   champion): on each holdout user's candidate set from the recall channels, the ranked list's
@@ -43,6 +49,7 @@ from plugins.dag_defaults import (
     CHAMPION_MODEL,
     NO_RETRY,
     VALIDATED_DATA,
+    WORKER_LOSS_RETRY,
     interval_params,
     recsys_dag,
     task_settings,
@@ -172,7 +179,7 @@ def recsys_train() -> None:
             "runs": written,
         }
 
-    @task(**NO_RETRY)
+    @task(**WORKER_LOSS_RETRY)
     def train(samples: dict, params=None) -> dict:
         from plugins.lineage import lineage_from_context
         from tasks.model.training.stage import TrainParams, train_two_tower
@@ -235,7 +242,8 @@ def recsys_train() -> None:
         return decision["version"]
 
     @task(**NO_RETRY)
-    def train_ranker(samples: dict, params=None) -> dict:
+    def train_ranker(samples: dict, two_tower: dict, params=None) -> dict:
+        import tasks.serving.recall as recall
         from plugins.lineage import lineage_from_context
         from tasks.model.ranker.config import RankerParams
         from tasks.model.ranker.stage import train_ranker as train_ranker_stage
@@ -246,6 +254,8 @@ def recsys_train() -> None:
             samples["end"],
             params=RankerParams(epochs=params["ranker_epochs"]),
             lineage=lineage_from_context(),
+            channels=recall,
+            ann_export_dir=two_tower.get("export_dir") or None,
         )
         return result.as_dict()
 
@@ -290,8 +300,7 @@ def recsys_train() -> None:
     trained = train(samples)
     decision = promotion_gate(register(trained))
     publish_champion(decision)
-    ranker_trained = train_ranker(samples)
-    trained >> ranker_trained
+    ranker_trained = train_ranker(samples, trained)
     ranker_decision = ranker_gate(register_ranker(ranker_trained))
     decision >> ranker_decision
     publish_ranker(ranker_decision)

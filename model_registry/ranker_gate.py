@@ -2,15 +2,17 @@
 
 The holdout is the two-tower gate's: the leave-last-positive split of the mirror's
 interactions before the challenger's ``data_interval_end``. Each holdout user gets a candidate
-set as the API builds one at the user's cutoff (the time of the held-out positive): the recall
+set as the API builds one over the split's train part (every user's rows before its held-out
+positive), requested at that snapshot's end + 1 s (serving's ``data_as_of`` + 1 s): the recall
 channels ``ann`` (the two-tower champion's towers, when there is one), ``i2i`` (item-CF
 neighbours of the newest bookmarks), ``follow_new`` and ``hot``, merged round robin into a pool
-of ``pool`` items, seen items excluded; the held-out positive is appended (with whatever
-evidence the channels hold for it) when recall missed it. Channel lists come from
+of ``pool`` items, seen items excluded (:func:`tasks.model.ranker.candidates.holdout_sets`, the
+machinery the ranker's training sets come from too). A held-out positive recall missed is NOT
+appended: the served list can never hold it, so that set scores 0 for every list and stays in
+the denominator (:func:`~tasks.model.ranker.candidates.list_ndcg`). Channel lists come from
 ``tasks.serving.recall``'s own builders, handed in as ``channels`` (this package may not import
 ``tasks.serving``); every candidate's evidence (hit, score, 1-based rank per channel) and
-point-in-time features go through :class:`~tasks.model.ranker.features.RankingFeatureBuilder`,
-as for the training rows.
+point-in-time features go through :class:`~tasks.model.ranker.features.RankingFeatureBuilder`.
 
 Three lists per set are scored with NDCG@k (one relevant item): the recall order, the
 challenger's ranking and the current champion's ranking. The challenger is promoted (alias
@@ -22,11 +24,10 @@ metrics on the challenger's MLflow run.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -47,74 +48,22 @@ from model_registry.registry import (
 from tasks.core.common import StageResult, get_logger, to_naive_utc
 from tasks.core.lineage import RunLineage
 from tasks.core.settings import Settings
-from tasks.model.constants import HOT_N, I2I_SEEDS
-from tasks.model.evaluate import grouped_list_metrics
-from tasks.model.ranker.features import RECALL_CHANNELS, RankingFeatureBuilder, RecallEvidence
+from tasks.model.constants import HOT_N
+from tasks.model.ranker.candidates import (
+    AnnChannel,
+    CandidateSets,
+    RecallChannels,
+    Scored,
+    export_ann,
+    holdout_sets,
+    list_ndcg,
+)
 from tasks.model.scoring import ItemCatalogue
 
 log = get_logger("ranker_gate")
 
-Scored = list[tuple[int, float]]
-
-
-class RecallChannels(Protocol):
-    """The channel builders of ``tasks.serving.recall`` (the module itself is passed in)."""
-
-    def hot_items(
-        self, interactions: pd.DataFrame, illusts: pd.DataFrame, *, as_of: datetime, n: int
-    ) -> Scored: ...
-
-    def follow_new_items(
-        self, follows: pd.DataFrame, illusts: pd.DataFrame, *, as_of: datetime
-    ) -> dict[int, list[int]]: ...
-
-    def item_cf_neighbors(self, interactions: pd.DataFrame) -> dict[int, Scored]: ...
-
-    def combine_neighbors(
-        self, lists: Iterable[Sequence[tuple[int, float]]], *, n: int
-    ) -> Scored: ...
-
-    def merge_round_robin(
-        self,
-        channels: Sequence[tuple[str, Sequence[tuple[int, float]]]],
-        k: int,
-        *,
-        exclude: Iterable[int] = (),
-    ) -> list[Any]: ...
-
-
-# (user ids, histories int64[B, L]) -> per user the ANN channel's (id, score) list.
-AnnChannel = Callable[[np.ndarray, np.ndarray, int], list[Scored]]
 # Scores raw rank inputs with one registered ranker version.
 RankerScorer = Callable[[Settings, ModelRef, Mapping[str, np.ndarray]], np.ndarray]
-
-
-@dataclass(frozen=True)
-class CandidateSets:
-    """Candidate rows of every holdout user, each set in recall order.
-
-    ``set_ids`` int64[N] (one set per user), ``labels`` int64[N] (1 = the held-out positive),
-    ``features`` the raw ``rank`` inputs per row; ``recalled`` how many sets had the
-    positive inside the recall pool (the others have it appended last).
-    """
-
-    set_ids: np.ndarray
-    labels: np.ndarray
-    features: dict[str, np.ndarray]
-    recalled: int = 0
-
-    @property
-    def n_sets(self) -> int:
-        return len(np.unique(self.set_ids))
-
-    def recall_order_scores(self) -> np.ndarray:
-        """Scores that rank each set in its recall order (earlier = higher)."""
-        return -np.arange(len(self.set_ids), dtype=np.float64)
-
-
-def list_ndcg(sets: CandidateSets, scores: np.ndarray, k: int = 10) -> float:
-    """Mean NDCG@k of the sets ranked by ``scores`` (ties keep recall order)."""
-    return grouped_list_metrics(sets.set_ids, sets.labels, scores, k)[f"NDCG@{k}"]
 
 
 @dataclass(frozen=True)
@@ -150,94 +99,24 @@ def build_candidate_sets(
     ``interactions`` (user_id, illust_id, label, create_time) are cut before ``interval_end``
     and split leave-last-positive; ``max_users`` keeps the lowest user ids (deterministic).
     """
-    from tasks.model.evaluate import leave_last_positive_split
-    from tasks.model.features import HISTORY_LEN
-
-    if pool < 1:
-        raise ValueError(f"pool must be >= 1, got {pool}")
-    history_len = history_len or HISTORY_LEN
     frame = interactions.copy()
     frame["create_time"] = pd.to_datetime(frame["create_time"])
     if interval_end is not None:
         frame = frame[frame["create_time"] < pd.Timestamp(to_naive_utc(interval_end))]
-    split = leave_last_positive_split(frame, item_ids=illusts["illust_id"].to_numpy(np.int64))
-    if len(split.test_user_idx) == 0:
-        raise RegistryError("holdout has no test users: cannot build candidate sets")
-    users = split.user_ids[split.test_user_idx]
-    order = np.argsort(users, kind="stable")[: max_users or None]
-    users = users[order]
-    positives = split.item_ids[split.test_item_idx][order]
-    cutoffs = pd.to_datetime(split.test_time[order]).to_numpy()
-    train = split.train
-    as_of = pd.Timestamp(train["create_time"].max()).to_pydatetime()
-
-    builder = RankingFeatureBuilder(train, illusts, follows, history_len=history_len)
-    histories = builder.history.histories(users, cutoffs.astype("datetime64[s]"), history_len)
-    seen = train.groupby("user_id")["illust_id"].apply(lambda s: set(s.astype(int)))
-    neighbors = channels.item_cf_neighbors(train)
-    follow_new = channels.follow_new_items(follows, illusts, as_of=as_of)
-    hot = channels.hot_items(train, illusts, as_of=as_of, n=hot_n)
-    ann_lists = ann(users, histories, pool) if ann is not None else None
-
-    rows_user, rows_item, rows_time, rows_label, rows_set, evidence = [], [], [], [], [], []
-    recalled = 0
-    for i, user in enumerate(users):
-        user_seen = seen.get(int(user), set())
-        lists: list[tuple[str, Scored]] = []
-        if ann_lists is not None:
-            lists.append(("ann", ann_lists[i]))
-        seeds = [int(h) for h in histories[i][:I2I_SEEDS] if h]
-        if seeds:
-            lists.append(
-                (
-                    "i2i",
-                    channels.combine_neighbors(
-                        (neighbors.get(s, []) for s in seeds), n=pool + len(user_seen)
-                    ),
-                )
-            )
-        follow = follow_new.get(int(user), [])
-        if follow:
-            lists.append(("follow_new", [(int(x), 1.0 / (r + 1)) for r, x in enumerate(follow)]))
-        lists.append(("hot", hot))
-        merged = [
-            int(c.illust_id) for c in channels.merge_round_robin(lists, pool, exclude=user_seen)
-        ]
-        positive = int(positives[i])
-        if positive in merged:
-            recalled += 1
-        else:
-            merged.append(positive)
-        where = {
-            name: {int(x): (float(s), r + 1) for r, (x, s) in enumerate(items)}
-            for name, items in lists
-        }
-        for item in merged:
-            rows_user.append(int(user))
-            rows_item.append(item)
-            rows_time.append(cutoffs[i])
-            rows_label.append(int(item == positive))
-            rows_set.append(i)
-            evidence.append({name: hits[item] for name, hits in where.items() if item in hits})
-    features = builder.features(
-        np.asarray(rows_user, np.int64),
-        np.asarray(rows_item, np.int64),
-        pd.to_datetime(pd.Series(rows_time)),
-        RecallEvidence.from_rows(evidence),
-    )
-    log.info(
-        "ranker holdout: %d candidate sets (%d rows), positive recalled in %d, channels %s",
-        len(users),
-        len(rows_item),
-        recalled,
-        RECALL_CHANNELS,
-    )
-    return CandidateSets(
-        set_ids=np.asarray(rows_set, np.int64),
-        labels=np.asarray(rows_label, np.int64),
-        features=features,
-        recalled=recalled,
-    )
+    try:
+        return holdout_sets(
+            frame,
+            illusts,
+            follows,
+            channels,
+            ann=ann,
+            pool=pool,
+            hot_n=hot_n,
+            max_users=max_users,
+            history_len=history_len,
+        )
+    except ValueError as exc:
+        raise RegistryError(str(exc)) from exc
 
 
 def champion_ann(settings: Settings, catalogue: ItemCatalogue) -> AnnChannel | None:
@@ -248,27 +127,9 @@ def champion_ann(settings: Settings, catalogue: ItemCatalogue) -> AnnChannel | N
         return None
 
     def channel(users: np.ndarray, histories: np.ndarray, n: int) -> list[Scored]:
-        import tensorflow as tf
-
-        from tasks.model.scoring import saved_model_towers
-
         with tempfile.TemporaryDirectory() as tmp:
             path = download_saved_model(settings, ref, Path(tmp))
-            user_fn, item_fn = saved_model_towers(tf.saved_model.load(str(path)))
-            item_vecs = np.concatenate(
-                [
-                    item_fn(catalogue.gather(catalogue.ids[s : s + 1024]))
-                    for s in range(0, len(catalogue.ids), 1024)
-                ]
-            )
-            out: list[Scored] = []
-            for s in range(0, len(users), 256):
-                vecs = user_fn({"user_id": users[s : s + 256], "history": histories[s : s + 256]})
-                scores = vecs @ item_vecs.T
-                for row in scores:
-                    top = np.argsort(-row, kind="stable")[:n]
-                    out.append([(int(catalogue.ids[j]), float(row[j])) for j in top])
-        return out
+            return export_ann(path, catalogue)(users, histories, n)
 
     return channel
 

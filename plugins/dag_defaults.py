@@ -43,8 +43,16 @@ DEFAULT_ARGS: dict[str, Any] = {
     "max_retry_delay": timedelta(minutes=10),
     "on_failure_callback": record_task_failure,
 }
-# Compute-bound tasks (training, evaluation, gate) do not retry: a rerun would fail alike.
+# Compute-bound tasks (evaluation, gate) do not retry: a rerun would fail alike.
 NO_RETRY: dict[str, Any] = {"retries": 0}
+# Two-tower training retries once, soon: a worker lost mid-training (SIGKILL, OOM) fails the
+# try by heartbeat timeout, and the stage is idempotent per interval (a finished run is
+# reused, a registered run keeps its version), so the retry ends with one model version.
+WORKER_LOSS_RETRY: dict[str, Any] = {
+    "retries": 1,
+    "retry_delay": timedelta(seconds=10),
+    "retry_exponential_backoff": False,
+}
 
 TAGS = ["recsys4pix"]
 START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")

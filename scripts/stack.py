@@ -403,6 +403,39 @@ def _tcp_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _port_bindable(port: int) -> bool:
+    """Whether a server could listen on ``port`` now. With ``SO_REUSEADDR``, as every server
+    here binds: the ``TIME_WAIT`` connections a part just stopped leaves behind do not count
+    (a plain bind fails on them, and ``start`` right after ``stop`` refused), a listener does."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _reap(pid: int) -> None:
+    """Collect ``pid``'s exit status when this process started it (``start`` from a test):
+    an unreaped leader stays a zombie, which keeps its process group "alive" to ``killpg``."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _group_running(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` still runs (zombies reaped or ignored)."""
+    _reap(pgid)
+    if not ui._group_alive(pgid):
+        return False
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(") ", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
+
+
 def _redis_ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
@@ -425,9 +458,10 @@ def _airflow_health(cfg: StackConfig, part: str) -> bool:
 
 
 def _worker_ready(cfg: StackConfig, name: str) -> bool:
-    """The worker's Celery node logged ``ready.`` since its latest start."""
+    """The worker runs and its Celery node logged ``ready.`` since its latest start (the log
+    alone would still say ready after ``down``)."""
     log = _log_file(cfg, name)
-    if not log.exists():
+    if running_pid(cfg, name) is None or not log.exists():
         return False
     text = log.read_text(errors="replace")
     since = text[text.rfind(f"stack: start {name}") :]
@@ -590,7 +624,7 @@ def _launch(cfg: StackConfig, name: str) -> None:
         mariadb_module().up(cfg.stack_dir, cfg.ports["primary"], cfg.ports["replica"])
     elif running_pid(cfg, name) is None:
         port_key = _PORT_OF.get(name)
-        if port_key and not ui._port_free(cfg.ports[port_key]):
+        if port_key and not _port_bindable(cfg.ports[port_key]):
             raise RuntimeError(
                 f"stack: port {cfg.ports[port_key]} for {name} is in use by another process "
                 f"(set RECSYS_STACK_{port_key.upper()}_PORT)"
@@ -629,10 +663,11 @@ def stop(
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
     deadline = time.monotonic() + (grace_s if sig != signal.SIGKILL else 10)
-    while time.monotonic() < deadline and ui._group_alive(pid):
+    while time.monotonic() < deadline and _group_running(pid):
         time.sleep(0.3)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
+    _reap(pid)
     _pid_file(cfg, name).unlink(missing_ok=True)
     return True
 
@@ -696,7 +731,7 @@ def _stop_group(cfg: StackConfig, names: tuple[str, ...], grace_s: float = 30) -
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(ui._group_alive(p) for p in pids.values()):
+    while time.monotonic() < deadline and any(_group_running(p) for p in pids.values()):
         time.sleep(0.3)
     for pid in pids.values():
         with contextlib.suppress(ProcessLookupError):

@@ -281,6 +281,9 @@ class ExtractResult(StageResult):
     rows: dict[str, int]
     lower_bounds: dict[str, str | None]
     replica_lag_s: float | None = None
+    #: Where this run's interactions start, overlap excluded: the interval's start, or the
+    #: older high-water mark when it caught up a gap (a paused DAG, a stopped scheduler).
+    interactions_from: str | None = None
     seconds: float = 0.0
 
 
@@ -361,6 +364,11 @@ def extract_interval(
         rows=counts,
         lower_bounds=lowers,
         replica_lag_s=lag,
+        interactions_from=(
+            (datetime.fromisoformat(lowers["interactions"]) + overlap).isoformat()
+            if lowers.get("interactions")
+            else None
+        ),
         seconds=round(seconds, 3),
     )
 

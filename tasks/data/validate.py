@@ -51,7 +51,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tasks.core import schema
-from tasks.core.common import StageResult, check_interval, get_logger
+from tasks.core.common import StageResult, check_interval, get_logger, to_naive_utc
 from tasks.core.db import get_engine, insert_ignore, replace_into
 from tasks.core.settings import REPO_ROOT, Settings
 from tasks.data.bulk import bulk_execute
@@ -693,3 +693,36 @@ def _resolve_quarantine(
     if reopen:
         conn.execute(sa.update(q).where(q.c.id.in_(reopen)).values(resolved_run_id=None))
         log.info("%s: %d quarantine rows re-opened", table_name, len(reopen))
+
+
+def validated_data_event(
+    settings: Settings,
+    interval_start: datetime | str,
+    interval_end: datetime | str,
+    *,
+    interactions_from: datetime | str | None = None,
+) -> dict[str, Any] | None:
+    """The ``recsys_validated_data`` asset event's extra for a validated interval, or None
+    when the mirror holds no interaction timed inside it (sampling, and so training, would
+    find nothing: no event). When extraction caught up a gap (``interactions_from`` before
+    the start: see ``ExtractResult``), the event's interval starts there, so training samples
+    the gap's interactions too. Rows re-read in the extraction overlap do not count. Times
+    are naive UTC ISO strings, as ``resolve_interval`` writes them."""
+    start, end = check_interval(interval_start, interval_end)
+    if interactions_from is not None:
+        start = min(start, to_naive_utc(interactions_from))
+    mi = schema.mirror_interactions
+    with get_engine(settings.recsys_db_url).connect() as conn:
+        n_interactions = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(mi)
+            .where(mi.c.create_time >= start, mi.c.create_time < end)
+        ).scalar_one()
+    log.info("mirror interactions in [%s, %s): %d", start, end, n_interactions)
+    if not n_interactions:
+        return None
+    return {
+        "interval_start": start.isoformat(),
+        "interval_end": end.isoformat(),
+        "interactions": int(n_interactions),
+    }

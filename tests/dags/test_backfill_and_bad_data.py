@@ -148,3 +148,81 @@ def _utc():  # type: ignore[no-untyped-def]
     from datetime import UTC
 
     return UTC
+
+
+def _asset_events(run_id: str) -> list[dict]:
+    """The asset events the run ``run_id`` emitted (Airflow's metadata DB)."""
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        events = session.scalars(select(AssetEvent).where(AssetEvent.source_run_id == run_id))
+        return [dict(e.extra or {}) for e in events]
+
+
+def test_an_interval_without_interactions_publishes_no_asset_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the data's span is extracted, a quiet day (the empty latest interval a scheduler
+    runs after unpausing) skips the publish: no event, so no training run fails on zero
+    samples; the span with data published its interval and interaction count."""
+    from tasks.core.settings import load_settings
+    from tests.doubles.dagrun import run_dag
+
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
+    _seed_replica(load_settings())
+    span = {
+        "interval_start": "2026-10-01T00:00:00+00:00",
+        "interval_end": "2026-10-04T00:00:00+00:00",
+    }
+    busy = run_dag("recsys_extract_validate", conf=span)
+    assert busy.ok and busy.task_states["publish_validated"] == "success", busy.task_states
+    [extra] = _asset_events(busy.run_id)
+    assert extra["interval_start"].startswith("2026-10-01")
+    assert extra["interactions"] == busy.xcoms["validate"]["rows_to_mirror"]["interactions"] > 0
+
+    quiet = run_dag("recsys_extract_validate", logical_date=datetime(2030, 1, 2, tzinfo=_utc()))
+    assert quiet.ok, quiet.task_states
+    assert quiet.task_states["validate"] == "success"
+    assert quiet.task_states["publish_validated"] == "skipped"
+    assert _asset_events(quiet.run_id) == []
+
+
+def test_a_caught_up_gap_is_in_the_published_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Day 1 runs, day 2's run never happens (DAG paused), day 3's run catches day 2 up: its
+    asset event's interval starts at day 2, so training samples the gap's interactions."""
+    import sqlalchemy as sa
+
+    from tasks.core.db import get_engine
+    from tasks.core.settings import load_settings
+    from tests.doubles.dagrun import run_dag
+
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
+    settings = load_settings()
+    _seed_replica(settings)
+    first = run_dag("recsys_extract_validate", logical_date=datetime(2026, 10, 2, tzinfo=_utc()))
+    assert first.ok, first.task_states
+    [day1] = _asset_events(first.run_id)
+    assert (day1["interval_start"], day1["interval_end"]) == (
+        "2026-10-01T00:00:00",
+        "2026-10-02T00:00:00",
+    )
+    third = run_dag("recsys_extract_validate", logical_date=datetime(2026, 10, 4, tzinfo=_utc()))
+    assert third.ok, third.task_states
+    assert third.xcoms["extract"]["extract"]["interactions_from"] == "2026-10-02T00:00:00"
+    [caught_up] = _asset_events(third.run_id)
+    assert (caught_up["interval_start"], caught_up["interval_end"]) == (
+        "2026-10-02T00:00:00",
+        "2026-10-04T00:00:00",
+    )
+    with get_engine(settings.recsys_db_url).connect() as conn:
+        gap_and_day3 = conn.execute(
+            sa.text(
+                "SELECT COUNT(*) FROM mirror_interactions "
+                "WHERE create_time >= '2026-10-02' AND create_time < '2026-10-04'"
+            )
+        ).scalar_one()
+    assert caught_up["interactions"] == gap_and_day3 > day1["interactions"] > 0

@@ -82,6 +82,7 @@ def test_extraction_mirrors_the_replica(chain: dict) -> None:
         "wait_for_replica": "success",
         "extract": "success",
         "validate": "success",
+        "publish_validated": "success",
     }
     replica_interactions = _count(settings.replica_url, "interactions")
     assert replica_interactions > 1000

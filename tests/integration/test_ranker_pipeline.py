@@ -101,20 +101,22 @@ def test_candidate_sets_from_the_recall_channels_hand_computed() -> None:
     assert score[0].tolist() == [0, 0, 1.0, 0]
     assert rank[1].tolist() == [0, 0, 0, 4] and rank[3].tolist() == [0, 0, 0, 3]
     assert score[3].tolist() == [0, 0, 0, 1.0]
-    # Point in time at u1's cutoff (01-02 12:00): 2 bookmarks, 1 view before it, artist 30
-    # followed, illust 5 is 36 h old; u2's candidate 3 (tag b) overlaps u2's history tags.
+    # Requested at serving's clock, the snapshot's end + 1 s (01-02 11:30:01; nothing of u1's
+    # from its cutoff 12:00 on is in the snapshot): 2 bookmarks, 1 view, artist 30 followed,
+    # illust 5 is 35.5 h + 1 s old; u2's candidate 3 (tag b) overlaps u2's history tags.
     assert sets.features["user_bookmarks"][0] == 2 and sets.features["user_views"][0] == 1
     assert sets.features["artist_followed"].tolist() == [1, 0, 1, 0, 0, 0]
-    assert sets.features["item_age_s"][0] == 36 * 3600
+    assert sets.features["item_age_s"][0] == 35 * 3600 + 1800 + 1
     assert sets.features["history"][0].tolist() == [2, 1, 0, 0]
     assert sets.features["tag_overlap"][3] == 1
 
-    # A pool of one: u2's pool is [3], so its positive 4 is appended after it.
+    # A pool of one: u2's pool is [3]; its positive 4 is not appended (serving could never
+    # show it), so u2's set is a miss for every list yet stays in the denominator.
     small = build_candidate_sets(interactions, illusts, follows, recall, pool=1, history_len=4)
-    assert small.features["illust_id"].tolist() == [5, 3, 4]
-    assert small.labels.tolist() == [1, 0, 1] and small.recalled == 1
-    assert small.features["channel_rank"][2].tolist() == [0, 0, 0, 4]  # still 4th in hot
-    assert list_ndcg(small, small.recall_order_scores()) == pytest.approx((1.0 + AT_2) / 2)
+    assert small.features["illust_id"].tolist() == [5, 3]
+    assert small.labels.tolist() == [1, 0] and small.recalled == 1 and small.n_sets == 2
+    assert list_ndcg(small, small.recall_order_scores()) == pytest.approx((1.0 + 0.0) / 2)
+    assert list_ndcg(small, np.array([0.0, 1.0])) == pytest.approx(0.5)  # no ranking finds 4
 
 
 def _register(settings, experiment: str) -> int:  # type: ignore[no-untyped-def]
@@ -209,8 +211,13 @@ def test_train_register_and_gate_on_generated_data(settings) -> None:  # type: i
     days = interval_days(config)
     for start, end in days:
         build_samples(settings, start, end, negatives_per_positive=2)
-    params = RankerParams(epochs=2, batch_size=128, dim=8, hash_bins=64, deep_layers=(16,))
-    trained = train_ranker(settings, days[0][0], days[-1][1], params=params)
+    params = RankerParams(
+        epochs=2, batch_size=128, dim=8, hash_bins=64, deep_layers=(16,), shown_rows="auto"
+    )
+    trained = train_ranker(settings, days[0][0], days[-1][1], params=params, channels=recall)
+    # Candidate-set rows (both variants fitted: shown rows dropped or kept by validation).
+    assert {"val_served_NDCG@10", "val_recall_order_NDCG@10"} <= set(trained.metrics)
+    assert 0 <= trained.metrics["val_served_NDCG@10"] <= 1 and trained.n_val > 0
     model = settings.ranker_registered_model_name
     version = register_challenger(
         settings, trained.run_id, model=model, artifact=SAVED_MODEL_ARTIFACT
@@ -232,3 +239,5 @@ def test_train_register_and_gate_on_generated_data(settings) -> None:  # type: i
     assert run.data.metrics["gate_NDCG_at_10_recall_order"] == pytest.approx(
         decision.recall_order_score
     )
+    assert run.data.params["rows_variant"] in ("no", "yes")
+    assert {"val_served_score_no", "val_served_score_yes"} <= set(run.data.metrics)

@@ -327,3 +327,85 @@ def test_delayed_replica_waits_then_proceeds(pair: Pair, scratch_recsys: str, se
     )
     assert result.rows["users"] >= 1
     assert user["user_id"] in {r[0] for r in _staged_rows(scratch_recsys, "users")}
+
+
+EXTRACT_DAG = "recsys_extract_validate"
+LATE_DAY = datetime(2026, 6, 1)  # after the pipeline test's data span (2026-01): nothing else
+
+
+def _task_state(airflow_api, run_id: str, task_id: str) -> str | None:  # type: ignore[no-untyped-def]
+    for ti in airflow_api.task_instances(EXTRACT_DAG, run_id):
+        if ti["task_id"] == task_id:
+            return ti["state"]
+    return None
+
+
+def test_delayed_replica_reschedules_the_dag_sensor_then_extracts(
+    pair: Pair,
+    airflow_api,
+    stack,  # type: ignore[no-untyped-def]
+) -> None:
+    """Through Airflow on the Celery workers: with the replica ``MASTER_DELAY``-ed past the
+    run's ``max_replica_lag_s``, ``wait_for_replica`` is ``up_for_reschedule`` (it gave its
+    worker slot back, no try used); once the delay is lifted the same try succeeds and
+    ``extract`` stages the row that was delayed. The interval has no interactions, so
+    ``publish_validated`` is skipped: no training run starts."""
+    from tasks.core.settings import load_settings
+    from tests.system.conftest import wait_until
+
+    limit_s, delay_s = 5, 180
+    user = {**_ours()["users"][0], "create_time": LATE_DAY + timedelta(hours=1)}
+    s = load_settings(_env(stack)["RECSYS_HOME"]).replace(
+        replica_url=pair.replica_url, max_replica_lag_s=float(limit_s)
+    )
+    states: list[str | None] = []
+    pair.replica_sql("STOP REPLICA", f"CHANGE MASTER TO MASTER_DELAY={delay_s}", "START REPLICA")
+    try:
+        _insert(pair.primary, {"users": [user]})
+        wait_until(
+            lambda: not replica_ready(s, allow_no_replication=False),
+            60,
+            f"the replica more than {limit_s}s behind",
+        )
+        airflow_api.unpause(EXTRACT_DAG)
+        run_id = airflow_api.trigger(
+            EXTRACT_DAG,
+            {
+                "interval_start": f"{LATE_DAY.isoformat()}+00:00",
+                "interval_end": f"{(LATE_DAY + DAY).isoformat()}+00:00",
+                "max_replica_lag_s": limit_s,
+            },
+        )
+
+        def rescheduled() -> bool:
+            states.append(_task_state(airflow_api, run_id, "wait_for_replica"))
+            assert states[-1] != "success", f"sensor passed while the replica lags: {states}"
+            return states[-1] == "up_for_reschedule"
+
+        wait_until(rescheduled, delay_s - 30, "wait_for_replica up_for_reschedule")
+        assert _task_state(airflow_api, run_id, "extract") in (None, "none", "scheduled")
+    finally:
+        pair.replica_sql("STOP REPLICA", "CHANGE MASTER TO MASTER_DELAY=0", "START REPLICA")
+    try:
+        assert airflow_api.wait_run(EXTRACT_DAG, run_id, timeout_s=300) == "success"
+        tries = airflow_api.tries(EXTRACT_DAG, run_id, "wait_for_replica")
+        assert [t["try_number"] for t in tries] == [1], tries  # rescheduled, not retried
+        assert _task_state(airflow_api, run_id, "extract") == "success"
+        assert _task_state(airflow_api, run_id, "publish_validated") == "skipped"
+        mirror = sa.create_engine(pair.recsys_url)
+        try:
+            with mirror.connect() as conn:
+                found = conn.execute(
+                    sa.select(schema.mirror_users.c.user_id).where(
+                        schema.mirror_users.c.user_id == user["user_id"]
+                    )
+                ).all()
+            assert found == [(user["user_id"],)]
+        finally:
+            with mirror.begin() as conn:
+                conn.execute(
+                    sa.delete(schema.mirror_users).where(schema.mirror_users.c.user_id >= ID_BASE)
+                )
+            mirror.dispose()
+    finally:
+        airflow_api.pause(EXTRACT_DAG)

@@ -12,6 +12,9 @@ Rows ``(user_id, illust_id, request_time, label, source)``:
   drawn for), in id order round robin; a user without one there gets the interval's start.
 
 Features are then computed as of each row's request time (:mod:`tasks.model.ranker.features`).
+The stage drops rows at or after a user's gate holdout positive (:func:`before_holdout`) and,
+given the recall channels, trains on candidate sets built like serving's pool
+(:mod:`tasks.model.ranker.candidates`) with or without these rows.
 """
 
 from __future__ import annotations
@@ -188,6 +191,17 @@ def _timed_negatives(interactions: pd.DataFrame, negatives: pd.DataFrame) -> pd.
             "source": "sampled",
         }
     )
+
+
+def before_holdout(rows: pd.DataFrame, cutoffs: pd.Series) -> pd.DataFrame:
+    """The rows strictly before their user's holdout cutoff (``cutoffs``: user -> time of
+    the gate's held-out positive); users without one keep every row. The gate's holdout
+    never trains the ranker."""
+    users = rows["user_id"].to_numpy(np.int64)
+    limit = pd.Series(cutoffs).reindex(users).to_numpy(dtype="datetime64[ns]")
+    times = pd.to_datetime(rows["request_time"]).to_numpy(dtype="datetime64[ns]")
+    keep = np.isnat(limit) | (times < limit)
+    return rows[keep].reset_index(drop=True)
 
 
 def time_split(rows: pd.DataFrame, val_share: float) -> np.ndarray:
