@@ -139,9 +139,11 @@ def train_ranker(
         return _result_from_run(previous, start, end, settings)
     engine = get_engine(settings.recsys_db_url)
     frames = read_ranking_frames(engine, end)
-    negatives = read_sampled_negatives(engine, start, end)
-    rows = training_rows(frames.interactions, negatives, start, end)
-    rows = before_holdout(rows, holdout_cutoffs(frames.interactions, frames.illusts))
+    rows = None  # the shown rows: read only when a variant trains on them
+    if channels is None or params.shown_rows != "no":
+        negatives = read_sampled_negatives(engine, start, end)
+        rows = training_rows(frames.interactions, negatives, start, end)
+        rows = before_holdout(rows, holdout_cutoffs(frames.interactions, frames.illusts))
     builder = RankingFeatureBuilder(
         frames.interactions,
         frames.illusts,
@@ -239,6 +241,14 @@ def train_ranker(
     )
 
 
+#: The parts each training variant concatenates (see ``RankerData``).
+VARIANT_PARTS: dict[str, tuple[str, ...]] = {
+    "shown": ("shown",),
+    "no": ("candidates",),
+    "yes": ("candidates", "shown"),
+}
+
+
 @dataclass(frozen=True)
 class RankerData:
     """Featurised training and validation rows; ``variants`` name the training sets to try
@@ -252,14 +262,12 @@ class RankerData:
     val_sets: Any = None  # CandidateSets of the validation users (candidate mode)
 
     def train_rows(self, variant: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        names = {"shown": ["shown"], "no": ["candidates"], "yes": ["candidates", "shown"]}
-        picked = [self.parts[n] for n in names[variant]]
+        picked = [self.parts[n] for n in VARIANT_PARTS[variant]]
         features = {k: np.concatenate([p[0][k] for p in picked]) for k in picked[0][0]}
         return features, np.concatenate([p[1] for p in picked])
 
     def sources(self, variant: str) -> list[str]:
-        names = {"shown": ["shown"], "no": ["candidates"], "yes": ["candidates", "shown"]}
-        return [src for n in names[variant] for src in self.parts[n][2]]
+        return [src for n in VARIANT_PARTS[variant] for src in self.parts[n][2]]
 
 
 @dataclass(frozen=True)
