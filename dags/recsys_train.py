@@ -118,6 +118,14 @@ from tasks.model.training.config import LOSSES, TRAIN_DEFAULTS
             description="Training epochs of the DCN-V2 ranker (early stopping on validation "
             "loss may stop it sooner).",
         ),
+        "ranker_id_features": Param(
+            RANKER_DEFAULTS.id_features,
+            type="boolean",
+            title="Ranker id embeddings",
+            description="Learn per-user and per-illust embeddings in the ranker. Off, it ranks "
+            "by attributes, counts, cross features and recall evidence only: fewer weights for "
+            "a small site (the ranker gate decides whether the result serves).",
+        ),
         "promote": Param(
             True,
             type="boolean",
@@ -252,7 +260,9 @@ def recsys_train() -> None:
             task_settings(),
             samples["start"],
             samples["end"],
-            params=RankerParams(epochs=params["ranker_epochs"]),
+            params=RankerParams(
+                epochs=params["ranker_epochs"], id_features=params["ranker_id_features"]
+            ),
             lineage=lineage_from_context(),
             channels=recall,
             ann_export_dir=two_tower.get("export_dir") or None,

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from model_registry.ranker_gate import CandidateSets, build_candidate_sets, list_ndcg
+from tests.doubles.hand_frames import six_illusts
 
 # NDCG@10 with one relevant item at position p (1-based) = 1 / log2(p + 1).
 AT_2 = 1 / math.log2(3)  # 0.6309...
@@ -42,22 +43,7 @@ def test_list_ndcg_of_recall_order_and_rankings_hand_computed() -> None:
 def _hand_mirror() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Six illusts, three users; user 1 follows artist 30 (illusts 5 and 6, 6 not out yet)."""
     t = pd.Timestamp
-    illusts = pd.DataFrame(
-        {
-            "illust_id": [1, 2, 3, 4, 5, 6],
-            "artist_id": [10, 10, 20, 20, 30, 30],
-            "tags": ["a", "a|b", "b", "c", "c|d", "d"],
-            "width": [100] * 6,
-            "height": [100] * 6,
-            "sanity_level": [2] * 6,
-            "restrict": [0] * 6,
-            "x_restrict": [0] * 6,
-            "total_bookmarks": [60, 50, 40, 30, 20, 10],
-            "total_view": [100] * 6,
-            "create_time": [t("2026-01-01")] * 5 + [t("2026-01-03")],
-            "update_time": [t("2026-01-01")] * 5 + [t("2026-01-03")],
-        }
-    )
+    illusts = six_illusts(late=[6])
     rows = [  # user, illust, label, time
         (1, 1, 1, "2026-01-02 10:00"),
         (1, 2, 1, "2026-01-02 11:00"),

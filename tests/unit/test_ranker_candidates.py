@@ -15,6 +15,7 @@ import tasks.serving.recall as recall
 from tasks.model.ranker.candidates import CandidateSets, list_ndcg, training_sets
 from tasks.model.ranker.features import RECALL_CHANNELS
 from tasks.model.ranker.rows import before_holdout
+from tests.doubles.hand_frames import six_illusts
 
 C = {name: i for i, name in enumerate(RECALL_CHANNELS)}
 AT_2 = 1 / math.log2(3)
@@ -25,22 +26,7 @@ def _toy() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     u1 bookmarks 1, 2, 3, 4 (08, 09, 10, 11 h); u2 bookmarks 1, 2, views 5, bookmarks 3
     (08:30, 09:30, 10:30, 11:30) and follows artist 30; u3 bookmarks 5, 6 (08, 09 h)."""
     t = pd.Timestamp
-    illusts = pd.DataFrame(
-        {
-            "illust_id": [1, 2, 3, 4, 5, 6],
-            "artist_id": [10, 10, 20, 20, 30, 30],
-            "tags": ["a", "a|b", "b", "c", "c|d", "d"],
-            "width": [100] * 6,
-            "height": [100] * 6,
-            "sanity_level": [2] * 6,
-            "restrict": [0] * 6,
-            "x_restrict": [0] * 6,
-            "total_bookmarks": [60, 50, 40, 30, 20, 10],
-            "total_view": [100] * 6,
-            "create_time": [t("2026-01-01")] * 6,
-            "update_time": [t("2026-01-01")] * 6,
-        }
-    )
+    illusts = six_illusts()
     rows = [
         (1, 1, 1, "08:00"),
         (1, 2, 1, "09:00"),
@@ -98,9 +84,16 @@ def test_training_sets_cutoffs_pools_labels_hand_computed() -> None:
 
 def test_training_sets_append_missed_positive_and_subsample() -> None:
     """A pool of one: u1 tier 1 [5] misses 3 (appended, hot rank 4); u2 [2] recalls it;
-    u1 tier 2 [5] misses 2 (appended, hot rank 3). Served-like NDCG counts those as misses."""
+    u1 tier 2 [5] misses 2 (appended, hot rank 3). Served-like NDCG counts those as misses.
+    Without ``append_missed`` (the default) u1's two sets keep their negative only."""
     interactions, illusts, follows = _toy()
-    sets = training_sets(interactions, illusts, follows, recall, pool=1, history_len=4)
+    plain = training_sets(interactions, illusts, follows, recall, pool=1, history_len=4)
+    assert plain.features["illust_id"].tolist() == [5, 2, 5]
+    assert plain.labels.tolist() == [0, 1, 0] and plain.set_ids.tolist() == [0, 1, 2]
+    assert plain.appended is not None and not plain.appended.any() and plain.recalled == 1
+    sets = training_sets(
+        interactions, illusts, follows, recall, pool=1, history_len=4, append_missed=True
+    )
     assert sets.features["illust_id"].tolist() == [5, 3, 2, 5, 2]
     assert sets.labels.tolist() == [0, 1, 1, 0, 1]
     assert sets.appended is not None

@@ -18,9 +18,10 @@ One machinery for both (so training sees what serving and the gate feed the rank
 * :func:`training_sets` (the ranker's training rows): drop the gate's holdout, then cut
   ``tiers`` more leave-last-positive splits off the rest; tier ``j`` is each user's j-th last
   remaining positive, its channels built on the interactions before the tier's cutoffs (the
-  gate's construction, applied to the train part). Label 1 = the tier's positive (appended
-  with its real evidence when recall missed it: fine for training), 0 = other pool members
-  minus items the user bookmarks later (not "not liked"), subsampled to ``negatives``.
+  gate's construction, applied to the train part). Label 1 = the tier's positive when recall
+  returned it (``append_missed`` also appends the ones it missed, with their real evidence),
+  0 = other pool members minus items the user bookmarks later (not "not liked"), subsampled
+  to ``negatives``.
 
 The channel builders are ``tasks.serving.recall``'s own, handed in as ``channels`` (this
 package may not import ``tasks.serving``).
@@ -322,9 +323,12 @@ def training_sets(
     history_len: int | None = None,
     tag_history_len: int = 50,
     seed: int = 0,
+    append_missed: bool = False,
 ) -> CandidateSets:
     """The ranker's candidate training sets (module doc): tiers 1..``tiers`` below the gate's
-    holdout, every set at a cutoff strictly before the user's holdout positive."""
+    holdout, every set at a cutoff strictly before the user's holdout positive.
+    ``append_missed``: append a positive recall missed (with its real evidence); off, such a
+    set trains with its negatives only, as serving only ever ranks the pool."""
     from tasks.model.features import HISTORY_LEN
 
     if tiers < 1:
@@ -354,7 +358,7 @@ def training_sets(
             ann=ann,
             pool=pool,
             hot_n=hot_n,
-            append_missed=True,
+            append_missed=append_missed,
             negatives=negatives,
             later_positives=later,
             seed=seed + tier,

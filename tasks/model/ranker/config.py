@@ -26,6 +26,19 @@ class RankerParams:
     and keeps the one with the better validation NDCG@10, ``"yes"``/``"no"`` forces one.
     Default ``"no"``: "auto" picked it on ML-100K (validation NDCG@10 0.2601 vs 0.2574 with
     the shown rows) and on the demo site (0.3322 vs 0.3263), at half the training time.
+    ``id_features``: learn per-id embeddings (``user_id``, ``illust_id`` and the bookmark
+    history over it); off, the ranker sees only attributes, counts, cross features and recall
+    evidence. The ``rank`` signature is the same either way. Default on: off won on the
+    stage's validation sets on both data sets and let the demo site's gate promote a ranker,
+    but through the product (bench/pipeline_quality.py, 2026-12-02) it served worse on
+    ML-100K (HR@10 0.140 vs 0.158 with ids; round-robin 0.142) and only tied on the demo
+    site (0.136 vs round-robin 0.139, NDCG@10 0.068 vs 0.065).
+    ``append_missed``: a training set whose positive recall missed gets it appended (with its
+    real evidence); off (default), that set keeps its negatives only, so the positives are the
+    ones serving can rank. Off scored higher on both data sets, on the stage's validation sets
+    and on the gate's holdout sets (mean over seeds, 2026-12-02: demo site holdout NDCG@10
+    0.122 vs 0.095 with appending, recall order 0.095; ML-100K 0.113 vs 0.096, recall order
+    0.080).
     ``val_share``: with candidate sets, that share of users (seeded) is validation; without
     (no channels given), the latest share of rows by request time.
     """
@@ -34,6 +47,7 @@ class RankerParams:
     batch_size: int = 256
     learning_rate: float = 0.003
     dim: int = 16
+    id_features: bool = True
     hash_bins: int = 10_000
     history_len: int = HISTORY_LEN
     tag_history_len: int = 50
@@ -47,6 +61,7 @@ class RankerParams:
     candidate_tiers: int = 3
     candidate_pool: int = 200
     candidate_negatives: int = 50
+    append_missed: bool = False
     shown_rows: str = "no"
     patience: int = 2
     seed: int = 42

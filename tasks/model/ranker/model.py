@@ -49,6 +49,9 @@ BUCKETED: dict[str, tuple[float, ...]] = {
 }
 
 
+ID_FEATURES: tuple[str, ...] = ("illust_id", "user_id", "history")
+
+
 def ranker_feature_config(params: RankerParams) -> list[FeatureSpec]:
     """The two-tower's feature specs (item features, user_id, history) sized for the ranker."""
     from tasks.model.features import default_feature_config
@@ -81,11 +84,16 @@ def _classes() -> dict[str, Any]:
             self.config = list(config)
             self.stats = stats
             self.params = params
+            # Without id features the per-id embeddings of ID_FEATURES are not built (their
+            # inputs stay in the signature, unread).
+            self.used = [
+                spec for spec in self.config if params.id_features or spec.name not in ID_FEATURES
+            ]
             self.encoders: dict[str, Any] = {}
-            for spec in self.config:
+            for spec in self.used:
                 if spec.kind != "history":
                     self.encoders[spec.name] = FeatureEncoder(spec, stats)
-            for spec in self.config:
+            for spec in self.used:
                 if spec.kind == "history":
                     self.encoders[spec.name] = FeatureEncoder(
                         spec, stats, shared=self.encoders[spec.shared_with]
@@ -101,7 +109,7 @@ def _classes() -> dict[str, Any]:
             }
 
         def call(self, features: Mapping[str, Any]) -> Any:
-            parts = [self.encoders[s.name](features[s.source]) for s in self.config]
+            parts = [self.encoders[s.name](features[s.source]) for s in self.used]
             for name, layer in self.buckets.items():
                 value = tf.cast(features[name], tf.float32)
                 parts.append(self.bucket_embeddings[name](layer(value)))

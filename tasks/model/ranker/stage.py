@@ -175,6 +175,7 @@ def train_ranker(
             history_len=params.history_len,
             tag_history_len=params.tag_history_len,
             seed=params.seed,
+            append_missed=params.append_missed,
         )
         data = _candidate_data(sets, rows, builder, params)
     tags = {**key_tags, **(lineage.as_tags() if lineage is not None else {})}
