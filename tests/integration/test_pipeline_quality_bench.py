@@ -82,3 +82,21 @@ def test_bench_json_shape_and_finite_numbers(tmp_path: Path) -> None:
         assert realtime["ranked"] == realtime.get("realtime", 0), realtime
     assert result["two_tower_alias"] in ("champion", "challenger")
     assert result["seconds"] > 0 and result["peak_rss_mb"] > 0
+
+    # bench/ranker_knobs.py on the home the run kept: the stage's sets and the gate's holdout
+    knobs = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ranker_knobs.py"), "--home", str(tmp_path / "home"),
+         "--seeds", "1", "--set", 'appended={"append_missed": true}'],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert knobs.returncode == 0, knobs.stdout[-3000:] + knobs.stderr[-3000:]
+    lines = [json.loads(line) for line in knobs.stdout.strip().splitlines() if line.startswith("{")]
+    fits, summary = lines[:-1], lines[-1]
+    assert summary["bench"] == "ranker_knobs" and summary["seeds"] == [1]
+    assert summary["interval_end"] == "1997-11-23T00:00:00"
+    assert set(summary["trials"]) == {"base", "appended"} and len(fits) == 2
+    assert 0 < summary["holdout_recalled"] <= summary["holdout_sets"] <= result["test_users"]
+    for fit in fits:
+        name = fit["trial"]
+        for key in ("validation_NDCG@10", "holdout_NDCG@10"):
+            assert 0.0 <= fit[key] <= 1.0 and summary["trials"][name][key] == fit[key]
