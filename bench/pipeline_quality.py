@@ -29,7 +29,10 @@ Usage: ``python bench/pipeline_quality.py [--data PATH] [--format ml-100k|moviel
 
 Last stdout line: the JSON of EVALUATION.md (``bench``, ``models``, ``ratio`` = served HR@10 /
 best baseline HR@10, ``target`` 1.0, ``ratio_two_tower`` = two_tower HR@10 / EASE HR@10,
-``ratio_ranker`` = served HR@10 / served_no_ranker HR@10, ``ranker_version``, ``ranker_note``)
+``ratio_ranker`` = served HR@10 / served_no_ranker HR@10, ``ranker_version``, ``ranker_note``,
+``ranker_vs_round_robin`` = served minus served_no_ranker HR@10 / NDCG@10 on the same test users
+with a paired-bootstrap 95% interval, ``tasks.model.evaluate.paired_bootstrap``; null without a
+ranker)
 plus ``seconds``, ``peak_rss_mb`` and the stages' seconds.
 """
 
@@ -174,9 +177,9 @@ def _run_dag(dag_id: str, log_path: Path, **kwargs: Any) -> Any:
     return outcome
 
 
-def served_metrics(client: Any, split: Any) -> tuple[dict[str, float], dict[str, int]]:
-    """Rank metrics of the API's ``/recommend`` lists (top ``SERVED_K``) and their sources
-    (plus ``ranked``: how many lists the ranker ordered)."""
+def served_metrics(client: Any, split: Any) -> tuple[dict[str, float], dict[str, int], np.ndarray]:
+    """Rank metrics of the API's ``/recommend`` lists (top ``SERVED_K``), their sources
+    (plus ``ranked``: how many lists the ranker ordered) and the per-user ranks (misses 10**9)."""
     from tasks.model.evaluate import rank_metrics
 
     miss = 10**9
@@ -193,7 +196,7 @@ def served_metrics(client: Any, split: Any) -> tuple[dict[str, float], dict[str,
         target = int(split.item_ids[i_idx])
         if target in ids:
             ranks[row] = ids.index(target)
-    return rank_metrics(ranks, KS), sources
+    return rank_metrics(ranks, KS), sources, ranks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,7 +261,11 @@ def _bench(
     stages: dict[str, float],
 ) -> dict[str, Any]:
     from tasks.data.sources.loaders import read_dataset
-    from tasks.model.evaluate import evaluate_baselines, leave_last_positive_split
+    from tasks.model.evaluate import (
+        evaluate_baselines,
+        leave_last_positive_split,
+        paired_bootstrap,
+    )
 
     t = time.perf_counter()
     full = _demo_frames() if args.fmt == "demo" else read_dataset(args.data, args.fmt)
@@ -306,25 +313,27 @@ def _bench(
     t = time.perf_counter()
     with _quiet_fds(log_path), TestClient(create_app(settings)) as client:
         ranker_version = client.app.state.serving.ranker_version
-        models["served"], sources_rt = served_metrics(client, split)
+        models["served"], sources_rt, ranks_served = served_metrics(client, split)
     stages["served"] = time.perf_counter() - t
     if ranker_version is None:
         models["served_no_ranker"] = dict(models["served"])
         ranker_note = "no ranker champion deployed: served is the round-robin list"
+        ranker_vs_round_robin = None
     else:
         t = time.perf_counter()
         with _quiet_fds(log_path), TestClient(create_app(settings, ranking=False)) as client:
-            models["served_no_ranker"], _ = served_metrics(client, split)
+            models["served_no_ranker"], _, ranks_round_robin = served_metrics(client, split)
         stages["served_no_ranker"] = time.perf_counter() - t
         ranker_note = (
             f"served ranked by ranker v{ranker_version} "
             f"({sources_rt.get('ranked', 0)} of {len(split.test_user_idx)} lists ranked)"
         )
+        ranker_vs_round_robin = paired_bootstrap(ranks_served, ranks_round_robin, k=10)
     t = time.perf_counter()
     _run_dag("recsys_precompute", log_path)
     stages["precompute"] = time.perf_counter() - t
     with _quiet_fds(log_path), TestClient(create_app(settings)) as client:
-        models["served_precomputed"], sources_pre = served_metrics(client, split)
+        models["served_precomputed"], sources_pre, _ = served_metrics(client, split)
 
     t = time.perf_counter()
     with _quiet_fds(log_path):
@@ -353,6 +362,7 @@ def _bench(
         "ratio_ranker": _ratio(models["served"]["HR@10"], models["served_no_ranker"]["HR@10"]),
         "ranker_version": ranker_version,
         "ranker_note": ranker_note,
+        "ranker_vs_round_robin": ranker_vs_round_robin,
         "seconds": round(time.perf_counter() - began, 1),
         "stage_seconds": {k: round(v, 1) for k, v in stages.items()},
         "peak_rss_mb": round(_peak_rss_mb(), 1),

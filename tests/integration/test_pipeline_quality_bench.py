@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = (
@@ -74,7 +75,14 @@ def test_bench_json_shape_and_finite_numbers(tmp_path: Path) -> None:
     if result["ranker_version"] is None:
         assert result["models"]["served_no_ranker"] == result["models"]["served"]
         assert result["ranker_note"].startswith("no ranker champion deployed")
+        assert result["ranker_vs_round_robin"] is None
     else:
+        paired = result["ranker_vs_round_robin"]
+        for key in ("HR@10", "NDCG@10"):
+            gap = result["models"]["served"][key] - result["models"]["served_no_ranker"][key]
+            assert paired[key]["diff"] == pytest.approx(gap)
+            low, high = paired[key]["ci95"]
+            assert -1.0 <= low <= high <= 1.0
         note = result["ranker_note"]
         assert note.startswith(f"served ranked by ranker v{result['ranker_version']}"), note
         realtime = result["served_sources"]["realtime"]

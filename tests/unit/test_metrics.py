@@ -12,6 +12,7 @@ import pytest
 from tasks.model.evaluate import (
     EvaluationInputError,
     leave_last_positive_split,
+    paired_bootstrap,
     rank_metrics,
     ranks_of_test_items,
 )
@@ -30,6 +31,25 @@ def test_rank_metrics_hand_checked() -> None:
         (1 + 1 / math.log2(5) + 1 / math.log2(11) + 1 / math.log2(12)) / 5
     )
     assert metrics["NDCG@10"] == pytest.approx(0.3439484, abs=1e-6)
+
+
+def test_paired_bootstrap_hand_checked() -> None:
+    """A ranks 0, 3, 12, 1; B ranks 0, 12, 12, 9. Per user HR@10 A - B = 0, 1, 0, 0 -> diff
+    0.25; NDCG@10 A - B = 0, 1/log2(5), 0, 1/log2(3) - 1/log2(11) -> diff their mean / 4.
+    Every resample's HR diff is a multiple of 1/4 in [0, 1], never below 0."""
+    a, b = [0, 3, 12, 1], [0, 12, 12, 9]
+    out = paired_bootstrap(a, b, k=10, resamples=500, seed=3)
+    assert out["HR@10"]["diff"] == pytest.approx(0.25)
+    ndcg = (1 / math.log2(5) + 1 / math.log2(3) - 1 / math.log2(11)) / 4
+    assert out["NDCG@10"]["diff"] == pytest.approx(ndcg)
+    low, high = out["HR@10"]["ci95"]
+    assert 0.0 <= low <= 0.25 <= high <= 1.0 and (4 * low).is_integer()
+    assert 0.0 < out["HR@10"]["a_better"] < 1.0  # resamples without user 2 tie at 0
+    assert out == paired_bootstrap(a, b, k=10, resamples=500, seed=3)  # seeded
+    same = paired_bootstrap(a, a, k=10)
+    assert same["HR@10"] == {"diff": 0.0, "ci95": [0.0, 0.0], "a_better": 0.0}
+    with pytest.raises(EvaluationInputError, match="same non-empty users"):
+        paired_bootstrap([0, 1], [0], k=10)
 
 
 def test_ranks_count_strictly_higher_unseen_only() -> None:
