@@ -29,10 +29,11 @@ class RankerParams:
     ``id_features``: learn per-id embeddings (``user_id``, ``illust_id`` and the bookmark
     history over it); off, the ranker sees only attributes, counts, cross features and recall
     evidence. The ``rank`` signature is the same either way. Default on: off won on the
-    stage's validation sets on both data sets and let the demo site's gate promote a ranker,
-    but through the product (bench/pipeline_quality.py, 2026-12-02) it served worse on
+    stage's validation sets on both data sets, but through the product (bench/
+    pipeline_quality.py, 2026-12-02, still with ``append_missed=True``) it served worse on
     ML-100K (HR@10 0.140 vs 0.158 with ids; round-robin 0.142) and only tied on the demo
-    site (0.136 vs round-robin 0.139, NDCG@10 0.068 vs 0.065).
+    site (0.136 vs round-robin 0.139, NDCG@10 0.068 vs 0.065); on the gate's ML-100K
+    holdout it also trails with ``append_missed=False`` (0.104 vs 0.113).
     ``append_missed``: a training set whose positive recall missed gets it appended (with its
     real evidence); off (default), that set keeps its negatives only, so the positives are the
     ones serving can rank. Off scored higher on both data sets, on the stage's validation sets
